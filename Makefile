@@ -1,0 +1,37 @@
+# The README's commands. `make test` is what .ci/run calls.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup data test test-slow lint bench train clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+
+data:
+	bash scripts/install-data.sh
+
+test: setup data
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	MPLBACKEND=agg $(BIN)/python -m pytest -q -n 2
+
+test-slow: setup data
+	MPLBACKEND=agg $(BIN)/python -m pytest -q -m 'slow or study'
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+train: setup data
+	$(BIN)/steadygrad train --preset reference --epochs 10 --out runs/reference
+
+bench: setup data
+	$(BIN)/python -m pytest -q -m bench -s benchmarks
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info
