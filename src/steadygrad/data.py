@@ -306,7 +306,7 @@ def _read_gzip_payload(
             buffer += chunk
     except EOFError as exc:  # the compressed stream ends mid-way
         raise DataError(
-            f"{path}: truncated gzip stream: expected {expected} bytes of data, "
+            f"{path}: truncated gzip stream: expected {_count(expected)} bytes of data, "
             f"decompressed {len(buffer)} before it ended ({exc})"
         ) from exc
     _check_size(path, expected, len(buffer), at_least=len(buffer) > expected)
