@@ -31,6 +31,31 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def _check_momentum(momentum: object) -> float:
+    """BatchNorm momentum (Keras convention) in [0, 1)."""
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0.0 <= momentum < 1.0
+    ):
+        raise ValueError(
+            "momentum must be a float in [0, 1) (the fraction of the moving average kept "
+            f"per step, e.g. 0.9 or 0.99); got {momentum!r}"
+        )
+    return float(momentum)
+
+
+def _check_epsilon(epsilon: object) -> float:
+    """BatchNorm epsilon: finite and > 0."""
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, (int, float))
+        or not (epsilon > 0.0 and math.isfinite(epsilon))
+    ):
+        raise ValueError(f"epsilon must be a finite float > 0 (e.g. 1e-3); got {epsilon!r}")
+    return float(epsilon)
+
+
 class BatchNorm(torch.nn.Module):
     r"""Batch normalization (Ioffe & Szegedy, 2015), the seed's ``tf.layers.batch_normalization``.
 
@@ -105,24 +130,9 @@ class BatchNorm(torch.nn.Module):
     ) -> None:
         super().__init__()
         _check_positive_int("num_features", num_features)
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, (int, float))
-            or not 0.0 <= momentum < 1.0
-        ):
-            raise ValueError(
-                "momentum must be a float in [0, 1) (the fraction of the moving average kept "
-                f"per step, e.g. 0.9 or 0.99); got {momentum!r}"
-            )
-        if (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, (int, float))
-            or not (epsilon > 0.0 and math.isfinite(epsilon))
-        ):
-            raise ValueError(f"epsilon must be a finite float > 0 (e.g. 1e-3); got {epsilon!r}")
         self.num_features = num_features
-        self.momentum = float(momentum)
-        self.eps = float(epsilon)
+        self.momentum = _check_momentum(momentum)
+        self.eps = _check_epsilon(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
