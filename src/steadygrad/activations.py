@@ -314,10 +314,15 @@ class PReLU(Activation, nn.PReLU):
 
     def derivative(self, z: torch.Tensor) -> torch.Tensor:
         slope = self.weight.detach().to(dtype=z.dtype, device=z.device)
-        if slope.numel() > 1 and z.ndim >= 2:
-            slope = slope.view(1, -1, *([1] * (z.ndim - 2)))  # (1, C, 1, ...): channel dim 1
-        elif slope.numel() == 1:
+        if slope.numel() == 1:
             slope = slope.reshape(())
+        elif z.ndim >= 2 and z.shape[1] == slope.numel():
+            slope = slope.view(1, -1, *([1] * (z.ndim - 2)))  # (1, C, 1, ...): channel dim 1
+        else:  # torch's forward refuses this input too
+            raise ValueError(
+                f"prelu with num_parameters={slope.numel()} needs z with that many channels in "
+                f"dim 1; got shape {tuple(z.shape)}"
+            )
         return _keep_nan(z, torch.where(z > 0, torch.ones_like(z), slope))
 
 
