@@ -354,6 +354,10 @@ def fit(
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        # A process killed mid-write leaves its temporary file behind; the real files are intact.
+        for name in (CHECKPOINT_NAME, FINAL_NAME, METRICS_NAME):
+            for stale in out.glob(f".{name}.tmp-*"):
+                stale.unlink(missing_ok=True)
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     metrics_path = out / METRICS_NAME if out is not None else None
 
