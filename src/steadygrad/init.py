@@ -737,9 +737,10 @@ def recommended(
                                                     (Klambauer et al. 2017; LeCun et al. 1998)
     ==============================================  ===========================================
 
-    All use the truncated normal with the Keras correction. Glorot & Bengio's factor 4 for the
-    logistic (whose slope at 0 is 1/4) is not applied: sigmoid gets plain Glorot, as in Keras and
-    the seed; tanh too (Géron's first edition put the 4 on tanh, an error).
+    All use the truncated normal with the Keras correction. The factor 4 that goes with Glorot's
+    initialization for the logistic (whose slope at 0 is 1/4; Bengio 2012) is not applied: sigmoid
+    gets plain Glorot, as in Keras and the seed; tanh too (Géron's first edition put the 4 on tanh,
+    an error).
 
     ``activation`` is a name (matched leniently), an activation module (ours or torch's, e.g.
     ``nn.LeakyReLU(0.2)``, whose parameters are read), a module class (instantiated with its
