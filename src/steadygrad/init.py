@@ -48,22 +48,26 @@ Note: in TF/Keras ``distribution="normal"`` is a legacy alias of ``"truncated_no
 Also: :func:`orthogonal_` (Saxe et al. 2014), :func:`zeros_`, :func:`ones_`, and the naive baselines
 used by the studies: :func:`normal_` (N(0, 1), N(0, 0.01²)), :func:`uniform_`,
 :func:`uniform_fan_in_` (U[±1/sqrt(n_in)]). :func:`recommended` maps an activation to its
-initializer; :func:`get` resolves names, configs and callables.
+initializer; :func:`get` resolves names, configs and callables. :func:`lsuv_` initializes a
+whole model from a batch (layer-sequential unit variance, Mishkin & Matas 2016).
 
 References: Glorot & Bengio (2010), *Understanding the difficulty of training deep feedforward
 neural networks*; He, Zhang, Ren & Sun (2015), *Delving deep into rectifiers*; LeCun, Bottou, Orr
 & Müller (1998), *Efficient BackProp*; Klambauer, Unterthiner, Mayr & Hochreiter (2017),
 *Self-normalizing neural networks*; Saxe, McClelland & Ganguli (2014), *Exact solutions to the
-nonlinear dynamics of learning in deep linear neural networks*.
+nonlinear dynamics of learning in deep linear neural networks*; Mishkin & Matas (2016), *All
+you need is a good init*.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -87,6 +91,7 @@ __all__ = [
     "kaiming_uniform_",
     "lecun_normal_",
     "lecun_uniform_",
+    "lsuv_",
     "names",
     "normal_",
     "ones_",
@@ -769,3 +774,158 @@ def recommended(
         "activation must be a name, an nn.Module (or class), an activation function or None; "
         f"got {type(activation).__name__}"
     )
+
+
+# --------------------------------------------------------------------------- LSUV
+
+_LSUV_LAYERS: Final = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LSUVLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+
+
+class _StopForward(Exception):
+    """Raised by an LSUV hook once the layer being scaled has produced its output."""
+
+
+def _layer_output(layer: _LSUVLayer, x: torch.Tensor) -> torch.Tensor:
+    """The affine output z = W x + b of a Linear/Conv layer on its input ``x``.
+
+    Recomputed from the weights rather than read from the module's output, because a layer such as
+    :class:`steadygrad.nn.Dense` applies its activation inside ``forward``.
+    """
+    weight, bias = layer.weight, layer.bias
+    if isinstance(layer, nn.Linear):
+        return torch.nn.functional.linear(x, weight, bias)
+    return layer._conv_forward(x, weight, bias)  # type: ignore[no-any-return]
+
+
+def _batch_input(batch: object) -> torch.Tensor:
+    x = batch[0] if isinstance(batch, tuple | list) and batch else batch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            "batch must be a tensor x or a tuple (x, y) whose first item is a tensor; "
+            f"got {type(x).__name__}"
+        )
+    return x
+
+
+def lsuv_(
+    model: nn.Module,
+    batch: torch.Tensor | tuple[torch.Tensor, ...],
+    tol: float = 0.1,
+    max_iter: int = 10,
+    *,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    r"""Layer-sequential unit-variance initialization, in place (Mishkin & Matas 2016, Alg. 1).
+
+    1. Pre-initialize the weight of every Linear and Conv1d/2d/3d layer with an orthonormal matrix
+       (:func:`orthogonal_`, Saxe et al. 2014); biases are left as they are.
+    2. For each of those layers L, in the order of the model's forward pass: forward ``batch``,
+       take the variance :math:`v = \operatorname{Var}(z_L)` of the layer's affine output
+       :math:`z_L = W_L x + b_L` over all its entries (batch, units and positions), and while
+       :math:`|v - 1| \ge` ``tol`` rescale :math:`W_L \leftarrow W_L / \sqrt{v}`, at most
+       ``max_iter`` times.
+
+    Later layers do not change earlier outputs, so afterwards every layer's output has variance
+    within ``tol`` of 1 on ``batch`` (std within ``tol`` too). With a zero bias one rescale
+    suffices; a bias makes the variance non-linear in the scale, hence the loop. The forward passes
+    run under ``no_grad`` in eval mode (no dropout noise, BatchNorm running statistics untouched);
+    the modules' train/eval flags are restored afterwards. A pass stops as soon as the layer being
+    scaled has produced its output.
+
+    Args:
+        model: any module containing Linear/Conv layers.
+        batch: the input x, or a tuple (x, y) whose y is ignored.
+        tol: tolerance on the variance, positive.
+        max_iter: maximum rescalings per layer, positive.
+        generator: :class:`torch.Generator` for the orthonormal draws.
+
+    Returns ``model``. Raises ValueError when the model has no Linear/Conv layer that the forward
+    pass reaches, or when a layer's output has zero or non-finite variance (no rescaling can give
+    it unit variance: its input is constant, e.g. after dead ReLUs); the layers before it have
+    been rescaled by then. Warns (``RuntimeWarning``) when a layer is still outside ``tol`` after
+    ``max_iter`` rescalings.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    x = _batch_input(batch)
+    tol = _positive_finite("tol", tol)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}")
+    candidates: dict[nn.Module, str] = {
+        m: name for name, m in model.named_modules() if isinstance(m, _LSUV_LAYERS)
+    }
+    if not candidates:
+        raise ValueError(
+            "lsuv_: model has no Linear or Conv1d/2d/3d layer to initialize; "
+            f"got {type(model).__name__}"
+        )
+    modes = {m: m.training for m in model.modules()}
+    order: list[_LSUVLayer] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if isinstance(module, _LSUV_LAYERS) and module not in order:
+            order.append(module)
+
+    try:
+        model.eval()
+        with torch.no_grad():
+            for layer in candidates:
+                assert isinstance(layer, _LSUV_LAYERS)
+                orthogonal_(layer.weight, generator=generator)
+            handles = [layer.register_forward_pre_hook(record) for layer in candidates]
+            try:
+                model(x)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if not order:
+                raise ValueError(
+                    "lsuv_: the forward pass reached none of the model's Linear/Conv layers "
+                    f"({', '.join(candidates.values())})"
+                )
+            for layer in order:
+                _lsuv_layer(model, x, layer, candidates[layer], tol, max_iter)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return model
+
+
+def _lsuv_layer(
+    model: nn.Module, x: torch.Tensor, layer: _LSUVLayer, name: str, tol: float, max_iter: int
+) -> None:
+    """Rescale ``layer.weight`` until Var(z) is within ``tol`` of 1 (Mishkin & Matas 2016)."""
+    captured: list[torch.Tensor] = []
+
+    def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(_layer_output(layer, args[0]))
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(capture)
+    try:
+        variance = math.nan
+        for iteration in range(max_iter + 1):
+            captured.clear()
+            with contextlib.suppress(_StopForward):
+                model(x)
+            z = captured[0]  # (batch, out, *positions)
+            variance = float(z.double().var(correction=0))
+            if not (math.isfinite(variance) and variance > 0):
+                raise ValueError(
+                    f"lsuv_: layer {name!r} output has variance {variance:g} on the batch, "
+                    "which no rescaling of its weights makes 1 (is its input constant, e.g. "
+                    "behind dead ReLUs?)"
+                )
+            if abs(variance - 1.0) < tol or iteration == max_iter:
+                break
+            layer.weight.div_(math.sqrt(variance))
+    finally:
+        handle.remove()
+    if abs(variance - 1.0) >= tol:
+        warnings.warn(
+            f"lsuv_: layer {name!r} output variance is {variance:.4g} after max_iter={max_iter} "
+            f"rescalings, not within tol={tol:g} of 1",
+            RuntimeWarning,
+            stacklevel=3,
+        )
