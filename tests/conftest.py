@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+
+# Two cores: with pytest-xdist's 2 workers, torch's default of 2 intra-op threads per process
+# oversubscribes the CPU, and OpenMP spin-waiting then makes small matmuls 20× slower.
+# One thread per worker (and per subprocess the tests start) keeps the suite fast and stable.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 TINY_TRAIN = 600
 TINY_TEST = 100
