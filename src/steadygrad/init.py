@@ -61,13 +61,11 @@ you need is a good init*.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
 import inspect
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -896,6 +894,8 @@ def _lsuv_layer(
     model: nn.Module, x: torch.Tensor, layer: _LSUVLayer, name: str, tol: float, max_iter: int
 ) -> None:
     """Rescale ``layer.weight`` until Var(z) is within ``tol`` of 1 (Mishkin & Matas 2016)."""
+    import contextlib  # local: keeps the module namespace to the initializers
+    import warnings
     captured: list[torch.Tensor] = []
 
     def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
