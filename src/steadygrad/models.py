@@ -616,6 +616,16 @@ PRESETS: dict[str, Preset] = {
             "initializer": "he_normal",
         },
     ),
+    "deep-relu-normal": Preset(
+        "20 x 256 ReLU with N(0, 1) weights: each layer multiplies the signal std by "
+        "sqrt(n/2) ≈ 11, so activations and back-propagated gradients explode (He et al. 2015)",
+        {
+            **_FASHION_MNIST,
+            "hidden": [256] * 20,
+            "activation": "relu",
+            "initializer": {"name": "normal", "std": 1.0},
+        },
+    ),
     "deep-tanh-large-init": Preset(
         "10 x 256 tanh with N(0, 1) weights: pre-activations of std ~sqrt(n) saturate tanh and "
         "the gradients vanish (Glorot & Bengio 2010; LeCun et al. 1998)",
