@@ -369,15 +369,16 @@ def _over_time(run: RecordedRun, quantity: str, title: str, ylabel: str) -> Figu
 
 
 def saturation_over_time(log: Any) -> Figure:
-    """Fraction of each layer's units in the saturating region of its activation, per recorded step.
+    """Fraction of each layer's entries in the saturating region of its activation, per step.
 
-    A unit is saturated when its pre-activation lies where ``f'(z) < 0.1 · max f'`` (the region each
-    activation declares). Glorot & Bengio (2010, Fig. 2) watch sigmoid's top hidden layer driven to
-    saturation early in training; that shows here as one layer's line climbing toward 1.
+    An entry (one unit on one sample) is saturated when its pre-activation lies where
+    ``f'(z) < 0.1 · max f'`` (the region each activation declares). Glorot & Bengio (2010,
+    Fig. 2) watch sigmoid's top hidden layer driven to saturation early in training; that shows
+    here as one layer's line climbing toward 1.
     """
     run = recorded(log)
     return _over_time(
-        run, "saturated", "Saturated units per layer over training", "fraction saturated"
+        run, "saturated", "Saturated units per layer over training", "fraction of entries saturated"
     )
 
 

@@ -208,8 +208,8 @@ def render_run(
     report.heading("Saturation and dead units")
     report.figure(
         saturation_over_time(run),
-        "Fraction of each layer's units in the saturating region of its activation, per "
-        "recorded step (Glorot & Bengio 2010, Fig. 2).",
+        "Fraction of each layer's activation entries (units × samples) in the saturating region "
+        "of its activation, per recorded step (Glorot & Bengio 2010, Fig. 2).",
     )
     report.figure(
         dead_over_time(run),
