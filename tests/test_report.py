@@ -290,20 +290,26 @@ def test_recorded_accepts_monitor_objects(vanishing_log: Path) -> None:
     assert a.layers == b.layers and a.steps.tolist() == b.steps.tolist()
 
 
+HEADER_LINE = json.dumps({"format": "steadygrad.monitor/1", "layers": [], "notes": []})
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ("", "is empty"),
-        ('{"format": "other/1", "layers": []}\n', "not a steadygrad monitor log"),
-        ('{"format": "steadygrad.monitor/2", "layers": []}\n', "reads steadygrad.monitor/1"),
-        ('{"format": "steadygrad.monitor/1", "layers": []}\n{oops\n{"step": 0}\n', "line 2: not"),
-        ('{"format": "steadygrad.monitor/1", "layers": []}\n{"step": 0}\n', "line 2: expected"),
+        ("", "is empty; expected a 'steadygrad.monitor/1' header line"),
+        (
+            '{"format": "steadygrad.monitor/2", "layers": [], "notes": []}\n',
+            "line 1 must be a header with format 'steadygrad.monitor/1'; "
+            "got 'steadygrad.monitor/2'",
+        ),
+        (f"{HEADER_LINE}\n{{oops\n{HEADER_LINE}\n", "line 2 is not valid JSON"),
+        (f"{HEADER_LINE}\n[1, 2]\n", "line 2 must be a JSON object; got list"),
     ],
 )
 def test_recorded_rejects_bad_files(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "monitor.jsonl"
     path.write_text(content)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(DataError, match=re.escape(match)):
         recorded(path)
 
 
@@ -319,9 +325,10 @@ def test_recorded_drops_a_cut_short_last_line(tmp_path: Path) -> None:
     path = write_log(tmp_path, n=3, steps=(0, 1, 2), with_histograms=False)
     text = path.read_text()
     path.write_text(text[: len(text) - 40])
-    run = recorded(path)
-    assert run.steps.tolist() == [0, 1]
-    assert any("cut short" in note for note in run.notes)
+    assert recorded(path).steps.tolist() == [0, 1]
+    path.write_text(text[: len(text) - 40] + "\n")  # the same line, complete: an error
+    with pytest.raises(DataError, match="line 4 is not valid JSON"):
+        recorded(path)
 
 
 def test_unknown_step_names_the_closest(vanishing_log: Path) -> None:
@@ -364,6 +371,7 @@ def test_depth_profile_skips_and_names_null_nan_and_zero(tmp_path: Path) -> None
         records[2]["grad_out_std"] = None
         records[4]["grad_out_std"] = float("inf")
         records[6]["act_std"] = 0.0
+        records[7]["nan"] = 3  # statistics over the finite entries; the NaNs are counted
 
     path = write_log(tmp_path, n=8, steps=(0,), with_histograms=False, edit=edit)
     fig = depth_profile(path)
@@ -377,6 +385,7 @@ def test_depth_profile_skips_and_names_null_nan_and_zero(tmp_path: Path) -> None
     assert "grad_out_std not observable at step 0: layer 3" in notes
     assert "grad_out_std NaN/Inf at step 0: layer 5" in notes
     assert "act_std ≤ 0 at step 0 (not drawn on a log axis): layer 7" in notes
+    assert "NaN/Inf entries counted at step 0: layer 8" in notes
 
 
 def test_histograms_are_the_recorded_bins(vanishing_log: Path) -> None:

@@ -158,6 +158,24 @@ def _leftovers(run: RecordedRun, quantity: str, rows: Sequence[int], log_axis: b
     return notes
 
 
+def _counted_nonfinite(run: RecordedRun, rows: Sequence[int]) -> list[str]:
+    """A note naming the layers whose NaN/Inf counters are non-zero on the first such row.
+
+    The monitor computes its statistics over the finite entries and counts the others, so a
+    NaN shows in its ``nan``/``inf`` counters rather than in the plotted values.
+    """
+    counts = np.nan_to_num(run.values["nan"]) + np.nan_to_num(run.values["inf"])
+    hit = [i for i in rows if (counts[i] > 0).any()]
+    if not hit:
+        return []
+    layers = np.flatnonzero(counts[hit[0]] > 0).tolist()
+    later = f" (and {len(hit) - 1} later step(s))" if len(hit) > 1 else ""
+    return [
+        f"NaN/Inf entries counted at step {int(run.steps[hit[0]])}{later}: "
+        f"{describe_layers(layers, run.layers)}"
+    ]
+
+
 def _select_rows(run: RecordedRun, step: int | Sequence[int] | None) -> list[int]:
     if run.steps.size == 0:
         raise ValueError("log has no recorded steps: nothing to plot")
@@ -223,6 +241,7 @@ def depth_profile(log: Any, step: int | Sequence[int] | None = None) -> Figure:
                 drawn = True
     for quantity in ("act_std", "grad_out_std"):
         notes += _leftovers(run, quantity, rows, log_axis=True)
+    notes += _counted_nonfinite(run, rows)
     if not drawn:
         _empty(ax, "no finite, positive activation or gradient std was recorded")
     else:
@@ -311,6 +330,8 @@ def histograms(log: Any, step: int | None = None) -> Figure:
             notes.append(
                 f"{which} histogram empty or NaN/Inf: {describe_layers(skipped, run.layers)}"
             )
+        if which == "act":
+            notes += _counted_nonfinite(run, [row])
         title = f"{'activations' if which == 'act' else 'back-propagated gradients'}, step "
         ax.set_title(title + str(step_value), fontsize=10)
         if any_curve:
@@ -352,7 +373,7 @@ def _over_time(run: RecordedRun, quantity: str, title: str, ylabel: str) -> Figu
                 markersize=3, linewidth=1.2, label=f"layer {info.depth}",
             )  # fmt: skip
             drawn = True
-    notes = list(bad)
+    notes = bad + _counted_nonfinite(run, range(run.steps.size))
     if never:
         notes.insert(0, f"not observable: {describe_layers(never, run.layers)}")
     if drawn:
@@ -447,17 +468,17 @@ def grad_heatmap(log: Any) -> Figure:
     stride = max(1, math.ceil(len(ticks) / 15))
     ax.set_yticks(ticks[::stride], [str(int(d)) for d in depths[::stride]])
     ax.set_title("Back-propagated gradient norm by layer and step", fontsize=10)
+    notes = _counted_nonfinite(run, range(run.steps.size))
     grey = int((~good).sum())
     if grey:
         nonfinite = int((run.observed["grad_out_norm"].T & ~np.isfinite(matrix)).sum())
         missing = int((~run.observed["grad_out_norm"]).sum())
-        _note(
-            ax,
-            [
-                f"grey: {grey} cell(s) not drawn ({missing} not observable, {nonfinite} NaN/Inf, "
-                f"{grey - missing - nonfinite} zero)"
-            ],
+        notes.insert(
+            0,
+            f"grey: {grey} cell(s) not drawn ({missing} not observable, {nonfinite} NaN/Inf, "
+            f"{grey - missing - nonfinite} zero)",
         )
+    _note(ax, notes)
     return fig
 
 

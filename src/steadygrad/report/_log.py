@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +48,7 @@ QUANTITIES = (
     "inf",
 )
 
-FORMAT_PREFIX = "steadygrad.monitor/"
-SUPPORTED_FORMATS = ("steadygrad.monitor/1",)
+FORMAT = "steadygrad.monitor/1"
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -94,6 +92,7 @@ class RecordedRun:
     observed: dict[str, BoolArray]
     histograms: list[dict[str, dict[str, Histogram]]]
     notes: list[str] = field(default_factory=list)
+    header: dict[str, Any] = field(default_factory=dict)  # e.g. "every", "step_unit"
 
     @property
     def has_histograms(self) -> bool:
@@ -127,11 +126,10 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 
 
 def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None if value is None else float(value)
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    try:  # torch scalars and 0-d arrays
+    """A recorded number as float; None for null (and for anything that is not a number)."""
+    if value is None:
+        return None
+    try:  # ints, floats, numpy and torch scalars
         return float(value)
     except (TypeError, ValueError):
         return None
@@ -242,6 +240,7 @@ def recorded(log: Any) -> RecordedRun:
         observed=observed,
         histograms=histograms,
         notes=[str(n) for n in notes or ()],
+        header=dict(header) if isinstance(header, Mapping) else {},
     )
 
 
@@ -268,51 +267,51 @@ def read_log(path: str | os.PathLike[str]) -> Any:
 
 
 def _read_jsonl(path: Path) -> dict[str, Any]:
-    """Header and records of ``path`` as dicts.
+    """Header and records of ``path`` (a file, or the run folder holding it) as dicts.
 
-    A last line cut short (the run was killed while writing it) is dropped with a note; any other
-    line that is not JSON raises :class:`DataError` naming the line.
+    Interim reader with the messages of :func:`steadygrad.monitor.read`, used only while that
+    module is not installed. A last line without its newline that does not parse is a write cut
+    short by a killed process and is dropped; any other problem raises :class:`DataError` naming
+    the file and the line.
     """
+    file = path / "monitor.jsonl" if path.is_dir() else path
     try:
-        text = path.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"monitor log {path} does not exist") from None
+        raise DataError(f"monitor log {file} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"could not read monitor log {path}: {exc}") from None
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not lines:
-        raise DataError(f"monitor log {path} is empty; expected a steadygrad.monitor/1 header")
-    notes: list[str] = []
+        raise DataError(f"cannot read monitor log {file}: {exc}") from None
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    if complete:
+        lines.pop()
+    if not lines or not lines[0].strip():
+        raise DataError(f"monitor log {file} is empty; expected a {FORMAT!r} header line")
     parsed: list[Any] = []
-    for k, (n, line) in enumerate(lines):
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             parsed.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            if k == len(lines) - 1 and k > 0 and not text.endswith("\n"):
-                notes.append(f"the last line ({n}) of {path.name} was cut short and is ignored")
-                break
-            raise DataError(f"{path}, line {n}: not JSON ({exc.msg})") from None
-    header, records = parsed[0], parsed[1:]
-    fmt = header.get("format") if isinstance(header, dict) else None
-    if not isinstance(fmt, str) or not fmt.startswith(FORMAT_PREFIX):
-        raise DataError(
-            f"{path} is not a steadygrad monitor log: its first line has format {fmt!r}; "
-            f"expected {SUPPORTED_FORMATS[0]!r}"
-        )
-    if fmt not in SUPPORTED_FORMATS:
-        raise DataError(
-            f"{path} has format {fmt!r}; this steadygrad reads {', '.join(SUPPORTED_FORMATS)}"
-        )
-    for k, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("layers"), list):
+            if number == len(lines) > 1 and not complete:
+                break  # a write cut short by a killed process
             raise DataError(
-                f"{path}, line {lines[k + 1][0]}: expected a record with a 'layers' list"
+                f"monitor log {file} line {number} is not valid JSON ({exc.msg} at column "
+                f"{exc.colno})"
+            ) from None
+        if not isinstance(parsed[-1], dict):
+            raise DataError(
+                f"monitor log {file} line {number} must be a JSON object; got "
+                f"{type(parsed[-1]).__name__}"
             )
-    return {
-        "header": header,
-        "records": records,
-        "notes": [*(str(x) for x in header.get("notes") or ()), *notes],
-    }
+    header, records = parsed[0], parsed[1:]
+    if header.get("format") != FORMAT:
+        raise DataError(
+            f"monitor log {file} line 1 must be a header with format {FORMAT!r}; "
+            f"got {header.get('format')!r}"
+        )
+    return {"header": header, "records": records, "notes": list(header.get("notes") or ())}
 
 
 def finite_positive(values: FloatArray) -> BoolArray:
@@ -328,7 +327,3 @@ def describe_layers(indices: Sequence[int], layers: Sequence[LayerInfo], limit: 
     shown = ", ".join(depths[:limit])
     more = f" (+{len(depths) - limit} more)" if len(depths) > limit else ""
     return f"layer{'s' if len(depths) != 1 else ''} {shown}{more}"
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

@@ -100,6 +100,10 @@ def _summary(run: RecordedRun) -> list[str]:
             f"(step {int(run.steps[0])} to {int(run.steps[-1])})"
             + ("; histograms recorded." if run.has_histograms else "; no histograms recorded.")
         )
+        every, unit = run.header.get("every"), run.header.get("step_unit")
+        if isinstance(every, int) and not isinstance(every, bool):
+            what = "optimizer steps" if unit == "optimizer_step" else "forward calls"
+            lines[-1] += f" Recorded every {every} {what}."
     for row, when in ((0, "first"), (-1, "last")):
         if run.steps.size == 0:
             break
