@@ -6,15 +6,14 @@ violations) and JavaScript dialog (``alert``) is collected, and a screenshot is 
 
 It speaks the Chrome DevTools Protocol over ``--remote-debugging-pipe`` (NUL-separated JSON on file
 descriptors 3 and 4 of the browser), so it needs no Python package beyond the standard library and
-no network port. The console level of each message comes from the protocol itself, not from
-scraping the browser's log output.
+no network port (POSIX only: it uses pipes, ``select`` and ``bash``). The console level of each
+message comes from the protocol itself, not from scraping the browser's log output.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import select
@@ -241,6 +240,8 @@ def open_in_browser(
             raise BrowserError(
                 "no Chromium found: install Debian's 'chromium' package or set $STEADYGRAD_CHROMIUM"
             )
+    import fcntl  # POSIX only; imported here so the package still imports elsewhere
+
     deadline = time.monotonic() + timeout
     # The browser reads commands on fd 3 and writes replies on fd 4. bash moves the child's ends
     # there (dash only knows fds 0-9); they first get numbers >= 10 so no redirection clobbers them.
