@@ -641,13 +641,15 @@ def test_footer_names_versions_and_machine() -> None:
     assert env["python"] in text and env["machine"] in text
 
 
-def test_page_is_self_contained_with_a_strict_policy() -> None:
-    text = HtmlReport("t", footer={}).paragraph("p").render()
-    parsed = Page(text)
+def test_page_is_self_contained_with_a_strict_policy(hostile_run: tuple[Path, Path]) -> None:
+    parsed = Page(hostile_run[1].read_text(encoding="utf-8"))
     csp = [m for m in parsed.tags("meta") if m.get("http-equiv") == "Content-Security-Policy"]
-    assert csp and "default-src 'none'" in str(csp[0]["content"])
-    assert not [a for _, a in parsed.elements if a.get("href") or str(a.get("src", "data:")) == ""]
+    assert len(csp) == 1
+    assert csp[0]["content"] == "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    links = [v for _, attrs in parsed.elements for k, v in attrs.items() if k in ("src", "href")]
+    assert len(links) == 6 and all(str(v).startswith("data:image/png;base64,") for v in links)
     assert parsed.tags("link") == [] and parsed.tags("script") == []
+    assert len(parsed.tags("style")) == 1
 
 
 def test_write_is_atomic(tmp_path: Path) -> None:
