@@ -252,7 +252,7 @@ def test_sigkill_during_epoch_3_then_resume_is_bitwise_identical(
         [*_train_cmd(tiny_idx_dir, killed, 4), "--resume"], capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # no torn temp files left
+    assert not [p for p in killed.iterdir() if ".tmp-" in p.name]  # no torn temp files left
     a, _ = checkpoint.load(full / "final.safetensors")
     b, _ = checkpoint.load(killed / "final.safetensors")
     model_keys = [k for k in a if k.startswith(("model/", "optim/"))]

@@ -13,7 +13,7 @@ from torch import nn
 
 from steadygrad import checkpoint
 from steadygrad.data import Dataset, Split
-from steadygrad.errors import CheckpointError, TrainingDiverged
+from steadygrad.errors import CheckpointError, RunLocked, TrainingDiverged
 from steadygrad.train import (
     CHECKPOINT_NAME,
     FINAL_NAME,
@@ -231,3 +231,40 @@ def test_device_errors() -> None:
         fit(toy_model(), toy_data(), cfg(device="cuda"))
     with pytest.raises(ValueError, match="device must be 'auto'"):
         fit(toy_model(), toy_data(), cfg(device="tpu:x"))
+
+
+def test_second_process_on_the_same_run_folder_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from steadygrad.train import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=f"is in use by process {holder.pid}; wait for it"):
+            fit(toy_model(), toy_data(), cfg(tmp_path, epochs=1))
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.05)
+    # The dead holder's lock is released by the kernel: the next run takes the folder over.
+    assert len(fit(toy_model(), toy_data(), cfg(tmp_path, epochs=1))) == 1
+
+
+def test_run_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
+    from steadygrad.train import run_lock
+
+    with run_lock(tmp_path), run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):  # released after the outer context
+        pass

@@ -220,10 +220,17 @@ def _format_epoch(record: dict[str, Any], epochs: int) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from steadygrad.train import run_lock
+
+    out = Path(args.out or f"runs/{args.preset or 'reference'}")
+    with run_lock(out):  # held from the first file written until the last
+        return _train_locked(args, out)
+
+
+def _train_locked(args: argparse.Namespace, out: Path) -> int:
     from steadygrad import models
     from steadygrad.train import CHECKPOINT_NAME, TrainConfig, fit
 
-    out = Path(args.out or f"runs/{args.preset or 'reference'}")
     if args.resume:
         run = _read_run_config(out)
         train_dict = dict(run["train"])

@@ -6,7 +6,7 @@ Every message is one line that names the thing, the value received and what to d
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DataError", "SteadygradError", "TrainingDiverged"]
+__all__ = ["CheckpointError", "DataError", "RunLocked", "SteadygradError", "TrainingDiverged"]
 
 
 class SteadygradError(Exception):
@@ -19,6 +19,10 @@ class DataError(SteadygradError):
 
 class CheckpointError(SteadygradError):
     """A checkpoint cannot be written or is not a valid steadygrad checkpoint."""
+
+
+class RunLocked(SteadygradError):
+    """Another live process is training into the same run folder."""
 
 
 class TrainingDiverged(SteadygradError):

@@ -56,7 +56,7 @@ from torch import nn
 
 from steadygrad import checkpoint
 from steadygrad.data import Dataset, Split
-from steadygrad.errors import CheckpointError, TrainingDiverged
+from steadygrad.errors import CheckpointError, RunLocked, TrainingDiverged
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -70,11 +70,13 @@ __all__ = [
     "fit",
     "make_optimizer",
     "resolve_device",
+    "run_lock",
 ]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FINAL_NAME = "final.safetensors"
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".lock"
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
 History = list[dict[str, Any]]
@@ -171,6 +173,56 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
         self.signum = signum
         self.checkpoint_path = checkpoint_path
+
+
+_held_locks: dict[Path, tuple[int, int]] = {}  # resolved run folder → (fd, depth)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder for as long as the context lasts.
+
+    Uses ``fcntl.flock`` on ``<run_dir>/.lock``: the kernel releases the lock when its process
+    dies, so a lock left by a killed run is taken over without any staleness heuristics, while a
+    live holder makes the second process fail fast with :class:`~steadygrad.errors.RunLocked`
+    naming its PID. Re-entrant within one process. Where ``fcntl`` does not exist (Windows) the
+    folder is not locked.
+    """
+    folder = Path(run_dir).resolve()
+    if folder in _held_locks:
+        fd, depth = _held_locks[folder]
+        _held_locks[folder] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held_locks[folder]
+            _held_locks[folder] = (fd, depth - 1)
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunLocked(
+            f"run folder {run_dir} is in use by process {holder}; wait for it to finish "
+            "or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held_locks[folder] = (fd, 1)
+    try:
+        yield
+    finally:
+        del _held_locks[folder]
+        os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def resolve_device(name: str) -> torch.device:
@@ -326,14 +378,29 @@ def fit(
 
     With ``resume=True`` training continues from ``<out>/checkpoint.safetensors`` (epoch boundary
     or mid-epoch), restoring model, optimizer and RNG states, so the result is bitwise identical to
-    an uninterrupted run.
+    an uninterrupted run. The run folder is locked (:func:`run_lock`) while training.
 
     Raises:
         TrainingDiverged: the loss or a gradient became NaN/Inf (names epoch, step and layer).
         TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint was written first.
+        RunLocked: another live process is training into ``config.out``.
         ValueError: bad configuration, or the model's output does not fit the labels.
     """
     cfg = config if config is not None else TrainConfig()
+    lock = run_lock(cfg.out) if cfg.out is not None else contextlib.nullcontext()
+    with lock:
+        return _fit(model, data, cfg, resume, on_epoch_end, on_step_end, run_meta)
+
+
+def _fit(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    resume: bool,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    on_step_end: Callable[[int, torch.Tensor], None] | None,
+    run_meta: dict[str, Any] | None,
+) -> History:
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out is not None else None
