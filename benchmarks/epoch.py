@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_int_at_least(1),
         default=None,
-        help="force N compute threads in every runner (OMP_NUM_THREADS/MKL_NUM_THREADS for "
-        "torch, XLA_FLAGS intra-op threads for JAX); default: each library's own choice",
+        help="force N compute threads: OMP_NUM_THREADS/MKL_NUM_THREADS for torch (and Keras "
+        "on torch); for JAX only N=1 is possible (XLA_FLAGS=--xla_cpu_multi_thread_eigen=false); "
+        "default: each library's own choice",
     )
     p.add_argument(
         "--timeout",
@@ -262,8 +263,8 @@ def worker_env(scratch: Path, threads: int | None = None) -> dict[str, str]:
     )
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        single = "--xla_cpu_multi_thread_eigen=false " if threads == 1 else ""
-        env["XLA_FLAGS"] = f"{single}intra_op_parallelism_threads={threads}"
+        if threads == 1:  # XLA has no N-thread flag; it can only turn its Eigen pool off
+            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
     return env
 
 
@@ -409,7 +410,11 @@ def markdown_section(
         f"- Versions: {', '.join(f'{k} {v}' for k, v in sorted(versions.items()))}; torch "
         f"threads {', '.join(map(str, threads)) or '?'}"
         + (f" (forced by --threads {args.threads})" if args.threads else " (torch's default)")
-        + "; JAX uses XLA's own CPU thread pool.",
+        + (
+            "; XLA's Eigen thread pool off for JAX (--xla_cpu_multi_thread_eigen=false)."
+            if args.threads == 1
+            else "; JAX uses XLA's own CPU thread pool."
+        ),
         f"- Workload: {'-'.join(map(str, WIDTHS))} (Dense → BatchNorm(momentum 0.9, ε 1e-3) → "
         f"ELU ×2, Dense → BatchNorm on the logits; He-normal), Fashion-MNIST, {n:,} training "
         f"images per epoch ({'the first of ' if args.quick else ''}the training file less "
@@ -420,7 +425,7 @@ def markdown_section(
         f"a rotated runner order; **best** = minimum over the {meta['repeats']} × "
         f"{args.epochs - 1} timed epochs (median beside it). steadygrad's evaluation after each "
         f"epoch is excluded (timed by {sg_timing or 'n/a'}). Peak RSS = the process's "
-        f"`ru_maxrss`/VmHWM (MB = 10⁶ bytes), data loading and imports included.",
+        f"VmHWM from /proc/self/status (MB = 10⁶ bytes), imports and data loading included.",
         "- Ratio vs steadygrad = runner's best / steadygrad's best (> 1: steadygrad is faster). "
         "× floor = runner's best / the floor.",
     ]
