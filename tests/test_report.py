@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import html.parser
+import itertools
 import json
+import math
 import platform
 import re
 import struct
@@ -747,6 +749,48 @@ def test_render_run_errors(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
     with pytest.raises(DataError, match=r"metrics.jsonl, line 2: not JSON"):
         render_run(tmp_path)
+
+
+def test_real_monitored_run(tmp_path: Path) -> None:
+    """A log recorded by steadygrad.monitor.watch on a deep sigmoid net (Glorot & Bengio 2010's
+    standard init, U[±1/√n]) reads back to the numbers the monitor held in memory, and its
+    depth profile shows the gradient vanishing toward layer 1."""
+    import torch
+
+    monitor = pytest.importorskip("steadygrad.monitor")
+    if not hasattr(monitor, "watch"):
+        pytest.skip("steadygrad.monitor.watch is not available yet")
+    torch.manual_seed(0)
+    widths = [20, 64, 64, 64, 64]
+    layers: list[torch.nn.Module] = []
+    for n_in, n_out in itertools.pairwise(widths):
+        linear = torch.nn.Linear(n_in, n_out)
+        torch.nn.init.uniform_(linear.weight, -1 / math.sqrt(n_in), 1 / math.sqrt(n_in))
+        layers += [linear, torch.nn.Sigmoid()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(64, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 20), torch.randint(0, 10, (32,))
+    with monitor.watch(model, every=2, out=tmp_path, histograms=True) as mon:
+        for _ in range(5):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    from_file = recorded(tmp_path / "monitor.jsonl")
+    in_memory = recorded(SimpleNamespace(records=mon.records, layers=mon.layers, notes=mon.notes))
+    assert from_file.steps.tolist() == [0, 2, 4] and len(from_file.layers) == 5
+    for q in QUANTITIES:
+        np.testing.assert_array_equal(from_file.observed[q], in_memory.observed[q])
+        np.testing.assert_allclose(from_file.values[q], in_memory.values[q], rtol=1e-12)
+    last = mon.records[-1]
+    grad = [s.grad_out_std for s in last.layers]
+    assert grad[0] / grad[-1] < 0.05  # ≈ (√(64·var W)·σ')⁴ ≈ 0.14⁴: vanishing toward layer 1
+    fig = depth_profile(tmp_path / "monitor.jsonl", step=4)
+    line = next(x for x in fig.axes[0].get_lines() if "gradient" in str(x.get_label()))
+    np.testing.assert_allclose(line.get_ydata(), grad, rtol=1e-12)
+    hist_fig = histograms(tmp_path / "monitor.jsonl")
+    for line, stats in zip(hist_fig.axes[1].get_lines(), last.layers, strict=True):
+        counts = np.array(last.histograms[stats.name]["grad"]["counts"], dtype=float)
+        np.testing.assert_allclose(line.get_ydata(), counts / counts.sum())
 
 
 def test_public_names_are_exported() -> None:
