@@ -429,6 +429,24 @@ def test_histograms_legend_step_and_bad_bins(tmp_path: Path) -> None:
     assert "grad histogram empty or NaN/Inf: layers 2, 3" in notes
 
 
+def test_histograms_legend_goes_to_a_panel_with_curves(tmp_path: Path) -> None:
+    """Regression: with no usable activation histogram the legend sits on the gradient panel."""
+    path = write_log(tmp_path, n=3, steps=(0,))
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[1])
+    for pair in record["histograms"].values():
+        del pair["act"]
+    lines[1] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+    fig = histograms(path)
+    assert fig.axes[0].get_legend() is None
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        "layer 1",
+        "layer 2",
+        "layer 3",
+    ]
+
+
 def test_histograms_errors(tmp_path: Path) -> None:
     path = write_log(tmp_path, n=3, steps=(0, 1), with_histograms=False)
     with pytest.raises(ValueError, match=r"no histograms; record them with watch\(model, hist"):

@@ -118,7 +118,9 @@ def _layer_key(fig: Figure, axes: Sequence[Axes], run: RecordedRun, drawn: bool)
         return
     mpl = _mpl()
     if len(run.layers) <= LEGEND_MAX_LAYERS:
-        axes[0].legend(fontsize=7, loc="upper right", title="layer", title_fontsize=7)
+        labelled = [ax for ax in axes if ax.get_lines()]
+        if labelled:
+            labelled[0].legend(fontsize=7, loc="upper right", title="layer", title_fontsize=7)
         return
     depths = [info.depth for info in run.layers]
     norm = mpl.colors.Normalize(vmin=min(depths), vmax=max(depths))
