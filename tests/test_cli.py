@@ -169,7 +169,7 @@ def test_diverging_run_stops_with_the_non_finite_error(
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model/"))
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["report"]])
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
@@ -259,3 +259,19 @@ def test_sigkill_during_epoch_3_then_resume_is_bitwise_identical(
     assert model_keys and all(torch.equal(a[k], b[k]) for k in model_keys)
     lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+
+
+def test_report_without_monitor_data_says_how_to_record_it(
+    tiny_idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert (
+        run_cli(
+            ["train", "--data-dir", str(tiny_idx_dir), *SMALL, "--epochs", "1", "--out", str(run)],
+            capsys,
+        )[0]
+        == 0
+    )
+    code, _, err = run_cli(["report", str(run)], capsys)
+    assert code == 1 and "has no monitor.jsonl: train with --monitor" in err
+    assert err.count("\n") == 1

@@ -144,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="folder holding the IDX files (default: as in the run)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser(
+        "report",
+        help="render a run's recorded monitor data as an HTML page with figures",
+        description="Render RUN_DIR/monitor.jsonl (written by `steadygrad train --monitor`) and "
+        "the run's metrics as a self-contained HTML page: activation and gradient std by depth, "
+        "histograms, saturation and dead units over training, a layer x step gradient heatmap. "
+        "It never needs the model.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a run folder with monitor.jsonl")
+    r.add_argument("--out", help="where to write the page (default RUN_DIR/report.html)")
+    r.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -331,6 +343,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"{len(dataset.test)} {run['data']['name']} test images, {path.name}, "
         f"epoch {meta.get('epoch', '?')})"
     )
+    return 0
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from steadygrad.report import render_run
+
+    path = render_run(args.run_dir, out=args.out)
+    print(f"wrote {path}")
     return 0
 
 
