@@ -1,0 +1,721 @@
+"""A fast training step for feed-forward networks: hand-written backward, fused optimizer update.
+
+One training step of ``fit`` is ``logits = model(x)``, ``loss = cross_entropy(logits, y)``,
+``optimizer.zero_grad()``, ``loss.backward()``, ``optimizer.step()``. For the reference network
+(784-300-100-10, BatchNorm and ELU, batch 50) that is about 25 small kernels forward and backward,
+each wrapped by a module call and recorded by autograd, followed by ``torch.optim.Adam``'s
+single-tensor update: ~7 element-wise kernels × 14 parameters, every one a pass over memory and a
+Python-level dispatch. On a CPU, the dispatches and the optimizer's passes cost as much as the
+matrix products (see docs/performance.md).
+
+:class:`FastStep` computes the same step without autograd:
+
+* **Forward**, layer by layer, with the kernels the modules themselves call (``F.linear``,
+  ``native_batch_norm``, ``F.elu``, …) so that values and BatchNorm moving statistics are the plain
+  path's.
+* **Backward** written out per layer, with the kernels autograd's own backward formulas call:
+
+  - cross-entropy of the mean: ``∂L/∂logits = (softmax(logits) − onehot(y)) / m`` (the
+    ``log_softmax``/``nll_loss`` backward kernels);
+  - ``Linear`` ``h = a Wᵀ + b``: ``∂L/∂W = gᵀ a`` written straight into ``W.grad``,
+    ``∂L/∂b = Σᵢ gᵢ``, ``∂L/∂a = g W`` (skipped for the first layer, whose input needs none);
+  - BatchNorm in train mode (Ioffe & Szegedy 2015), with ``x̂ = (h − μ_B)/σ_B`` and
+    ``σ_B = sqrt(var_B + ε)`` (biased batch variance):
+    ``∂L/∂β = Σᵢ gᵢ``, ``∂L/∂γ = Σᵢ gᵢ x̂ᵢ``,
+    ``∂L/∂hᵢ = (γ / (m σ_B)) (m gᵢ − Σⱼ gⱼ − x̂ᵢ Σⱼ gⱼ x̂ⱼ)``
+    (in eval mode the moving statistics are constants: ``∂L/∂h = γ g / sqrt(moving_var + ε)``);
+  - activations: ``∂L/∂z = f'(z) g`` with f' in closed form (ReLU: ``[z > 0]``; leaky ReLU:
+    ``1`` or α; ELU: ``1`` or ``α eᶻ``; SELU: λ or ``λ α eᶻ``; sigmoid: ``σ(1 − σ)``; tanh:
+    ``1 − tanh²``; GELU, SiLU, softplus: see :mod:`steadygrad.activations`), by the same
+    backward kernels autograd uses.
+* **Update** of all parameters in one fused kernel on the CPU (``torch._fused_adam_`` /
+  ``_fused_adamw_`` / ``_fused_sgd_``, the kernels behind ``torch.optim``'s ``fused=True``), on
+  the *optimizer's own state tensors*, with the formulas of ``torch.optim``:
+
+  - SGD (Robbins & Monro 1951) with L2 weight decay λ, momentum μ, dampening d, Nesterov
+    (Sutskever et al. 2013): ``g ← g + λθ``; ``b ← g`` on the first step, else
+    ``b ← μ b + (1 − d) g``; ``g ← g + μ b`` (Nesterov) or ``g ← b``; ``θ ← θ − η g``;
+  - Adam (Kingma & Ba 2015): ``g ← g + λθ``; ``m ← β₁ m + (1 − β₁) g``;
+    ``v ← β₂ v + (1 − β₂) g²``; ``θ ← θ − η (m / (1 − β₁ᵗ)) / (sqrt(v / (1 − β₂ᵗ)) + ε)``
+    (AMSGrad, Reddi et al. 2018, uses ``max`` of all ``v`` so far); AdamW (Loshchilov & Hutter
+    2019) decays ``θ ← θ (1 − η λ)`` instead of adding ``λθ`` to the gradient.
+
+  Elsewhere (CUDA, optimizer step hooks, options the fused kernels lack) the gradients are left in
+  ``p.grad`` and ``optimizer.step()`` runs, exactly as on the plain path.
+
+**One source of truth.** The step keeps no state of its own: parameters, their ``.grad``,
+BatchNorm buffers and the optimizer's ``state`` (``step``, ``exp_avg``, ``exp_avg_sq``,
+``momentum_buffer``) are the model's and the optimizer's tensors, updated in place. So
+``model.state_dict()``, ``optimizer.state_dict()``, checkpoints, ``load_state_dict`` and learning
+rate schedulers (``param_groups[0]["lr"]`` is read at every step) keep working, fast and plain steps
+can be mixed freely, and a checkpoint written after fast steps resumes on the plain path and vice
+versa. Whenever a step cannot be taken fast — a module or parameter has hooks (the gradient
+monitor), autocast is on, the input does not fit — the call runs the plain step instead and says
+why in :attr:`FastStep.last_fallback`.
+
+Supported models: an ``nn.Sequential`` (e.g. :class:`steadygrad.models.MLP`) of ``Linear``/
+:class:`~steadygrad.nn.Dense` (with its own activation or not), :class:`~steadygrad.nn.BatchNorm`/
+``nn.BatchNorm1d`` and stateless activations (ReLU, leaky ReLU, ELU, SELU, sigmoid, tanh, GELU,
+SiLU, softplus, identity; ours or torch's), trained on ``(batch, features)`` inputs with mean
+cross-entropy. Optimizers: ``torch.optim.SGD`` (any momentum, dampening, Nesterov, weight decay)
+and ``Adam``/``AdamW`` (any betas, eps, weight decay, AMSGrad) with one parameter group holding the
+model's parameters. :func:`supports` gives the reason for anything else (PReLU's learned slope,
+RReLU's random slope, dropout, other layers, several parameter groups, …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
+from torch.optim import optimizer as _optimizer_hooks
+
+from steadygrad import activations
+from steadygrad.nn import BatchNorm, Dense
+
+__all__ = ["FastStep", "make_step", "supports"]
+
+_aten: Any = torch.ops.aten
+_nll_forward: Any = _aten.nll_loss_forward.default
+_nll_backward: Any = _aten.nll_loss_backward.default
+_bn_backward: Any = _aten.native_batch_norm_backward.default
+_MEAN: Final = 1  # at::Reduction::Mean
+_IGNORE_INDEX: Final = -100  # F.cross_entropy's default
+_SELU_ALPHA: Final = 1.6732632423543772848170429916717  # ATen's constants (Klambauer et al. 2017)
+_SELU_SCALE: Final = 1.0507009873554804934193349852946
+
+# Module-wide hook registries (torch.nn.modules.module.register_module_forward_hook, …); they
+# are mutated in place, never rebound, so holding them is enough to see later registrations.
+_GLOBAL_MODULE_HOOKS: Final = tuple(
+    getattr(_module_hooks, name)
+    for name in (
+        "_global_forward_pre_hooks",
+        "_global_forward_hooks",
+        "_global_backward_pre_hooks",
+        "_global_backward_hooks",
+    )
+    if isinstance(getattr(_module_hooks, name, None), dict)
+)
+_GLOBAL_OPTIMIZER_HOOKS: Final = tuple(
+    getattr(_optimizer_hooks, name)
+    for name in ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")
+    if isinstance(getattr(_optimizer_hooks, name, None), dict)
+)
+_FUSED_DTYPES: Final = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class _Layer:
+    """One layer of the step's program: forward saves what its backward needs."""
+
+    has_params: bool = False
+    needs_input_grad: bool = True  # set by the builder: False before the first parametrised layer
+
+    def forward(self, a: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backward(self, g: Tensor) -> Tensor | None:
+        """Write parameter gradients into ``p.grad``; return ∂L/∂input (None when not needed)."""
+        raise NotImplementedError
+
+
+class _Linear(_Layer):
+    """``h = a Wᵀ + b``; ``∂L/∂W = gᵀ a``, ``∂L/∂b = Σᵢ gᵢ``, ``∂L/∂a = g W``."""
+
+    has_params = True
+
+    def __init__(self, module: nn.Linear) -> None:
+        self.weight = module.weight
+        self.bias = module.bias
+        self.a: Tensor | None = None
+
+    def forward(self, a: Tensor) -> Tensor:
+        self.a = a
+        return F.linear(a, self.weight, self.bias)
+
+    def backward(self, g: Tensor) -> Tensor | None:
+        a = self.a
+        assert a is not None and self.weight.grad is not None
+        torch.mm(g.t(), a, out=self.weight.grad)  # (out, batch) @ (batch, in)
+        if self.bias is not None:
+            assert self.bias.grad is not None
+            torch.sum(g, 0, out=self.bias.grad)
+        self.a = None
+        return torch.mm(g, self.weight) if self.needs_input_grad else None
+
+
+class _BatchNorm(_Layer):
+    """Batch normalization over dim 0 of ``(batch, features)``; see the module docstring."""
+
+    def __init__(self, module: BatchNorm | nn.BatchNorm1d) -> None:
+        self.module = module
+        self.weight = module.weight
+        self.bias = module.bias
+        self.has_params = self.weight is not None or self.bias is not None
+        self.running_mean: Tensor | None = module.running_mean
+        self.running_var: Tensor | None = module.running_var
+        self.num_batches_tracked: Tensor | None = module.num_batches_tracked
+        self.eps = float(module.eps)
+        if isinstance(module, BatchNorm):
+            self.factor = 1.0 - module.momentum  # Keras convention → torch's averaging factor
+            self.always_batch_stats = False
+        else:
+            assert module.momentum is not None
+            self.factor = float(module.momentum)
+            # torch: with track_running_stats=False the batch statistics are used in eval too
+            self.always_batch_stats = module.running_mean is None
+        self.mask = [True, self.weight is not None, self.bias is not None]
+        self.saved: tuple[Tensor, Tensor, Tensor, bool] | None = None
+
+    def forward(self, h: Tensor) -> Tensor:
+        training = self.module.training or self.always_batch_stats
+        if self.module.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        # Updates the moving statistics in place in train mode, exactly as F.batch_norm does:
+        # moving ← (1 − f) moving + f batch (unbiased variance for the moving one).
+        z, mean, invstd = torch.native_batch_norm(
+            h,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            training,
+            self.factor,
+            self.eps,
+        )
+        self.saved = (h, mean, invstd, training)
+        return z
+
+    def backward(self, g: Tensor) -> Tensor | None:
+        assert self.saved is not None
+        h, mean, invstd, training = self.saved
+        self.mask[0] = self.needs_input_grad
+        dh, dweight, dbias = _bn_backward(
+            g,
+            h,
+            self.weight,
+            self.running_mean,
+            self.running_var,
+            mean,
+            invstd,
+            training,
+            self.eps,
+            self.mask,
+        )
+        if self.weight is not None:
+            assert self.weight.grad is not None
+            self.weight.grad.copy_(dweight)
+        if self.bias is not None:
+            assert self.bias.grad is not None
+            self.bias.grad.copy_(dbias)
+        self.saved = None
+        return dh if self.needs_input_grad else None
+
+
+class _Activation(_Layer):
+    """``a = f(z)``, ``∂L/∂z = f'(z) g`` (``backward(g, z, a)``), both from ATen's kernels."""
+
+    def __init__(
+        self,
+        name: str,
+        forward: Callable[[Tensor], Tensor],
+        backward: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> None:
+        self.name = name
+        self._forward = forward
+        self._backward = backward
+        self.saved: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, z: Tensor) -> Tensor:
+        a = self._forward(z)
+        self.saved = (z, a)
+        return a
+
+    def backward(self, g: Tensor) -> Tensor | None:
+        assert self.saved is not None
+        z, a = self.saved
+        self.saved = None
+        return self._backward(g, z, a) if self.needs_input_grad else None
+
+
+def _activation_layer(module: nn.Module) -> _Activation | str | None:
+    """The layer for a stateless activation module; None for identity; a reason if unsupported."""
+    kind = type(module)
+    if kind in (nn.Identity, activations.Identity):
+        return None
+    if kind in (nn.ReLU, activations.ReLU):
+        return _Activation(
+            "relu", torch.relu, lambda g, z, a: _aten.threshold_backward.default(g, a, 0)
+        )
+    if kind in (nn.LeakyReLU, activations.LeakyReLU):
+        slope = float(module.negative_slope)  # type: ignore[arg-type]
+        return _Activation(
+            "leaky_relu",
+            lambda z: F.leaky_relu(z, slope),
+            lambda g, z, a: _aten.leaky_relu_backward.default(g, z, slope, False),
+        )
+    if kind in (nn.ELU, activations.ELU):
+        alpha = float(module.alpha)  # type: ignore[arg-type]
+        return _Activation(
+            "elu",
+            lambda z: F.elu(z, alpha),
+            lambda g, z, a: _aten.elu_backward.default(g, alpha, 1, 1, False, z),
+        )
+    if kind in (nn.SELU, activations.SELU):
+        return _Activation(
+            "selu",
+            torch.selu,
+            lambda g, z, a: _aten.elu_backward.default(g, _SELU_ALPHA, _SELU_SCALE, 1, False, z),
+        )
+    if kind in (nn.Sigmoid, activations.Sigmoid):
+        return _Activation(
+            "sigmoid", torch.sigmoid, lambda g, z, a: _aten.sigmoid_backward.default(g, a)
+        )
+    if kind in (nn.Tanh, activations.Tanh):
+        return _Activation("tanh", torch.tanh, lambda g, z, a: _aten.tanh_backward.default(g, a))
+    if kind in (nn.GELU, activations.GELU):
+        approximate = str(module.approximate)
+        return _Activation(
+            "gelu",
+            lambda z: F.gelu(z, approximate=approximate),
+            lambda g, z, a: _aten.gelu_backward.default(g, z, approximate=approximate),
+        )
+    if kind in (nn.SiLU, activations.SiLU):
+        return _Activation("silu", F.silu, lambda g, z, a: _aten.silu_backward.default(g, z))
+    if kind in (nn.Softplus, activations.Softplus):
+        beta, threshold = float(module.beta), float(module.threshold)  # type: ignore[arg-type]
+        return _Activation(
+            "softplus",
+            lambda z: F.softplus(z, beta, threshold),
+            lambda g, z, a: _aten.softplus_backward.default(g, z, beta, threshold),
+        )
+    if isinstance(module, nn.PReLU):
+        return "PReLU has a learned slope"
+    if isinstance(module, nn.RReLU):
+        return "RReLU draws a random slope per element in training"
+    return f"{kind.__name__} is not a supported activation"
+
+
+_SUPPORTED: Final = (
+    "Linear/Dense, BatchNorm/BatchNorm1d, and activations relu, leaky_relu, elu, selu, sigmoid, "
+    "tanh, gelu, silu, softplus, identity"
+)
+
+
+def _build_layers(model: nn.Module) -> list[_Layer] | str:
+    """The model's layers as a program, or the reason it cannot be one."""
+    if not isinstance(model, nn.Sequential):
+        return (
+            f"the model must be an nn.Sequential (e.g. steadygrad.models.MLP); got {_name(model)}"
+        )
+    if type(model).forward is not nn.Sequential.forward:
+        return f"{type(model).__name__} overrides Sequential.forward"
+    layers: list[_Layer] = []
+    for name, module in model.named_children():
+        kind = type(module)
+        if kind in (nn.Linear, Dense):
+            assert isinstance(module, nn.Linear)
+            layers.append(_Linear(module))
+            inner = getattr(module, "activation", None) if kind is Dense else None
+            if inner is not None:
+                built = _activation_layer(inner)
+                if isinstance(built, str):
+                    return f"layer {name!r}: {built}; supported: {_SUPPORTED}"
+                if built is not None:
+                    layers.append(built)
+        elif kind in (BatchNorm, nn.BatchNorm1d):
+            assert isinstance(module, BatchNorm | nn.BatchNorm1d)
+            if isinstance(module, nn.BatchNorm1d) and module.momentum is None:
+                return f"layer {name!r}: BatchNorm1d with momentum=None (cumulative average)"
+            layers.append(_BatchNorm(module))
+        else:
+            built = _activation_layer(module)
+            if isinstance(built, str):
+                return f"layer {name!r}: {built}; supported: {_SUPPORTED}"
+            if built is not None:
+                layers.append(built)
+    if not any(layer.has_params for layer in layers):
+        return "the model has no trainable layer"
+    seen_params = False
+    for layer in layers:
+        layer.needs_input_grad = seen_params
+        seen_params = seen_params or layer.has_params
+    return layers
+
+
+def _input_width(layers: list[_Layer]) -> int:
+    """Features the first Linear/BatchNorm expects (activations keep the width)."""
+    for layer in layers:
+        if isinstance(layer, _Linear):
+            return int(layer.weight.shape[1])
+        if isinstance(layer, _BatchNorm):
+            return int(layer.module.num_features)
+    raise AssertionError("a program without a trainable layer")
+
+
+def _name(value: object) -> str:
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------- support checks
+
+
+def _hooks(model: nn.Module) -> str | None:
+    """Name a module or parameter whose hooks the fast step would skip, or None."""
+    if any(_GLOBAL_MODULE_HOOKS):
+        return "global module hooks are registered"
+    for name, module in model.named_modules():
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or module._backward_pre_hooks
+        ):
+            return f"module {name or type(model).__name__!r} has forward/backward hooks"
+    for name, p in model.named_parameters():
+        if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+            return f"parameter {name!r} has gradient hooks"
+    return None
+
+
+def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    kind = type(optimizer)
+    if kind not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        return f"the optimizer must be torch.optim.SGD, Adam or AdamW; got {kind.__name__}"
+    if len(optimizer.param_groups) != 1:
+        return f"the optimizer has {len(optimizer.param_groups)} parameter groups; one is supported"
+    group = optimizer.param_groups[0]
+    params = list(model.parameters())
+    if len(group["params"]) != len(params) or any(
+        p is not q for p, q in zip(group["params"], params, strict=True)
+    ):
+        return "the optimizer's parameters are not the model's parameters, in model order"
+    for option in ("differentiable", "capturable"):
+        if group.get(option, False):
+            return f"optimizer option {option}=True is not supported"
+    return None
+
+
+def supports(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[bool, str]:
+    """Whether :func:`make_step` can build a fast step for ``model`` and ``optimizer``, and why not.
+
+    Returns ``(True, "")`` or ``(False, reason)`` with a one-line reason, e.g.
+    ``"layer 'hidden1_act': PReLU has a learned slope; supported: …"``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``optimizer`` not a
+            ``torch.optim.Optimizer``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {_name(model)}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {_name(optimizer)}")
+    built = _build_layers(model)
+    if isinstance(built, str):
+        return False, built
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if not p.requires_grad:
+            return False, f"parameter {name!r} does not require grad (frozen layers)"
+        if not p.is_floating_point() or p.is_complex() or p.layout != torch.strided:
+            return False, f"parameter {name!r} is {p.dtype} {p.layout}; dense float is supported"
+    first = next(iter(params.values()))
+    for name, p in params.items():
+        if p.dtype != first.dtype or p.device != first.device:
+            return False, (
+                f"parameters must share one dtype and device; {name!r} is {p.dtype} on "
+                f"{p.device}, the first is {first.dtype} on {first.device}"
+            )
+    reason = _check_optimizer(model, optimizer) or _hooks(model)
+    return (False, reason) if reason is not None else (True, "")
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> FastStep | None:
+    """A :class:`FastStep` for ``model`` and ``optimizer``, or None where :func:`supports` says no.
+
+    ``optimizer`` is the ``torch.optim`` optimizer the plain path would use (built over
+    ``model.parameters()``); the fast step updates its state, so checkpoints keep their format.
+    """
+    ok, _ = supports(model, optimizer)
+    return FastStep(model, optimizer) if ok else None
+
+
+# --------------------------------------------------------------------------- the step
+
+
+class FastStep:
+    """``step(x, y) -> (loss, logits)``: one training step, fast where possible, plain otherwise.
+
+    Equivalent to (and interchangeable with) the plain step::
+
+        logits = model(x); loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
+
+    ``x`` is ``(batch, features)``, ``y`` the int64 class labels ``(batch,)``. Returns the mean
+    loss (a 0-dim tensor) and the logits, both detached and left on the device (nothing reads them
+    on the host). Afterwards the parameters, their ``.grad`` (this step's gradient), the BatchNorm
+    buffers and ``optimizer.state`` hold what the plain step would leave there, to float rounding.
+
+    Build it with :func:`make_step` (which checks :func:`supports`). Counters :attr:`fast_calls`
+    and :attr:`plain_calls`; :attr:`last_fallback` is the reason of the latest plain call. Not
+    thread-safe: one call at a time.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        ok, reason = supports(model, optimizer)
+        if not ok:
+            raise ValueError(f"model and optimizer are not supported by the fast step: {reason}")
+        built = _build_layers(model)
+        assert not isinstance(built, str)
+        self.model = model
+        self.optimizer = optimizer
+        self._layers = built
+        self._backward_layers = [
+            layer for layer in reversed(built) if layer.has_params or layer.needs_input_grad
+        ]
+        self._params: list[Tensor] = list(model.parameters())
+        self._modules = [m for _, m in model.named_modules()]
+        self._batch_norms = [layer for layer in built if isinstance(layer, _BatchNorm)]
+        first = self._params[0]
+        self._in_features = _input_width(built)
+        self._dtype = first.dtype
+        self._device = first.device
+        self._one = torch.ones((), dtype=first.dtype, device=first.device)
+        self._grads: list[Tensor] = []
+        self._state: object = None  # the optimizer.state object the lists below were taken from
+        self._state_lists: list[list[Tensor]] = []
+        self._first_momentum_step = False
+        self.fast_calls = 0
+        self.plain_calls = 0
+        self.last_fallback: str | None = None
+
+    # -- public
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        reason = self._fallback_reason(x, y)
+        if reason is not None:
+            self.last_fallback = reason
+            self.plain_calls += 1
+            return self._plain_step(x, y)
+        self.fast_calls += 1
+        with torch.no_grad():
+            self._link_grads()
+            a = x
+            for layer in self._layers:
+                a = layer.forward(a)
+            logits = a
+            # F.cross_entropy = nll_loss(log_softmax(logits)); its backward, as autograd runs it:
+            # ∂L/∂logits = softmax(logits) − onehot(y), divided by the batch size.
+            log_p = torch.log_softmax(logits, 1)
+            loss, total_weight = _nll_forward(log_p, y, None, _MEAN, _IGNORE_INDEX)
+            g = _nll_backward(self._one, log_p, y, None, _MEAN, _IGNORE_INDEX, total_weight)
+            g = torch._log_softmax_backward_data(g, log_p, 1, log_p.dtype)
+            for layer in self._backward_layers:
+                g = layer.backward(g)
+            self._update()
+        return loss, logits
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's ``state_dict()``: torch.optim's format, so checkpoints interchange."""
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Load a ``torch.optim`` state dict (e.g. a plain-path checkpoint's) into the optimizer."""
+        self.optimizer.load_state_dict(state)
+
+    # -- when to take the plain step
+
+    def _fallback_reason(self, x: Tensor, y: Tensor) -> str | None:
+        if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+            return f"inputs of shape {tuple(x.shape)} and labels {tuple(y.shape)}"
+        if x.dtype != self._dtype or x.device != self._device or y.dtype != torch.int64:
+            return f"inputs {x.dtype} on {x.device}, labels {y.dtype}, model {self._dtype}"
+        if x.shape[1] != self._in_features:
+            return f"inputs with {x.shape[1]} features"
+        if x.shape[0] < 2 and any(bn.module.training for bn in self._batch_norms):
+            return "a batch of one in train mode"
+        if torch.is_autocast_enabled(x.device.type):
+            return "autocast is enabled"
+        if any(_GLOBAL_MODULE_HOOKS):
+            return "global module hooks are registered"
+        for m in self._modules:
+            if (
+                m._forward_hooks
+                or m._forward_pre_hooks
+                or m._backward_hooks
+                or m._backward_pre_hooks
+            ):
+                return "a module has forward/backward hooks"
+        for p in self._params:
+            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+                return "a parameter has gradient hooks"
+        return None
+
+    def _plain_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    # -- gradients and optimizer state
+
+    def _link_grads(self) -> None:
+        """Make each ``p.grad`` a contiguous tensor like p, which the step overwrites."""
+        grads = self._grads
+        params = self._params
+        if len(grads) == len(params) and all(
+            p.grad is g for p, g in zip(params, grads, strict=True)
+        ):
+            return
+        linked = []
+        for p in params:
+            g = p.grad
+            if g is None or not g.is_contiguous() or g.dtype != p.dtype or g.device != p.device:
+                g = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                p.grad = g
+            linked.append(g)
+        self._grads = linked
+
+    def _update(self) -> None:
+        opt = self.optimizer
+        group = opt.param_groups[0]
+        if not self._fused_ok(group):
+            opt.step()
+            return
+        lr = float(group["lr"])
+        if isinstance(opt, torch.optim.Adam):  # AdamW too
+            exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._state_lists
+            torch._foreach_add_(steps, 1)
+            beta1, beta2 = group["betas"]
+            fused = (
+                torch._fused_adamw_
+                if group.get("decoupled_weight_decay", False)
+                else torch._fused_adam_
+            )
+            fused(
+                self._params,
+                self._grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_exp_avg_sqs,
+                steps,
+                lr=lr,
+                beta1=float(beta1),
+                beta2=float(beta2),
+                weight_decay=float(group["weight_decay"]),
+                eps=float(group["eps"]),
+                amsgrad=bool(group["amsgrad"]),
+                maximize=bool(group["maximize"]),
+            )
+        else:
+            momentum = float(group["momentum"])
+            weight_decay = float(group["weight_decay"])
+            maximize = bool(group["maximize"])
+            if momentum == 0.0 and weight_decay == 0.0 and not maximize:
+                # θ ← θ − η g: the single-tensor SGD's own kernel, one call for all parameters
+                torch._foreach_add_(self._params, self._grads, alpha=-lr)
+            else:
+                (buffers,) = self._state_lists
+                torch._fused_sgd_(
+                    self._params,
+                    self._grads,
+                    buffers,
+                    weight_decay=weight_decay,
+                    momentum=momentum,
+                    lr=lr,
+                    dampening=float(group["dampening"]),
+                    nesterov=bool(group["nesterov"]),
+                    maximize=maximize,
+                    is_first_step=self._first_momentum_step,
+                )
+                if self._first_momentum_step:
+                    self._first_momentum_step = False
+                    for p, buf in zip(self._params, buffers, strict=True):
+                        opt.state[p]["momentum_buffer"] = buf
+        # What torch's LR schedulers' wrapper of optimizer.step() records, so that they do not
+        # warn that scheduler.step() came first.
+        opt._opt_called = True  # type: ignore[attr-defined]
+
+    def _fused_ok(self, group: dict[str, Any]) -> bool:
+        """Whether the fused CPU kernels apply now; otherwise ``optimizer.step()`` runs."""
+        if self._device.type != "cpu" or self._dtype not in _FUSED_DTYPES:
+            return False
+        if any(_GLOBAL_OPTIMIZER_HOOKS):
+            return False
+        opt = self.optimizer
+        if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks:
+            return False
+        lr = group["lr"]
+        if isinstance(lr, Tensor) or isinstance(group.get("betas", (0.0, 0.0))[0], Tensor):
+            return False
+        return self._state is opt.state or self._link_state(group)
+
+    def _link_state(self, group: dict[str, Any]) -> bool:
+        """Collect (creating, as torch does on its first step) the optimizer's state tensors.
+
+        Returns False (and the step uses ``optimizer.step()``) where the state does not suit the
+        fused kernels: tensors of another dtype/device/layout, or Adam steps that differ.
+        """
+        opt = self.optimizer
+        state = opt.state
+        params = self._params
+        self._state = None
+        if isinstance(opt, torch.optim.Adam):
+            amsgrad = bool(group["amsgrad"])
+            keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
+            scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            lists: list[list[Tensor]] = [[], [], [], []]
+            for p in params:
+                s = state[p]
+                if len(s) == 0:  # torch.optim.Adam._init_group, non-fused, non-capturable
+                    s["step"] = torch.tensor(0.0, dtype=scalar)
+                    for key in keys:
+                        s[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if any(key not in s for key in keys) or not self._suits(p, *(s[k] for k in keys)):
+                    return False
+                for i, key in enumerate(keys):
+                    lists[i].append(s[key])
+                lists[3].append(s["step"])
+            step_values = {float(t) for t in lists[3]}
+            if len(step_values) != 1 or any(t.device.type != "cpu" for t in lists[3]):
+                return False
+        else:
+            momentum = float(group["momentum"])
+            buffers = [state[p].get("momentum_buffer") for p in params] if momentum else []
+            if not buffers:
+                self._first_momentum_step = False
+            elif any(b is None for b in buffers):
+                if not all(b is None for b in buffers):
+                    return False
+                # torch's first momentum step: b ← g (the kernel fills these with is_first_step)
+                buffers = [
+                    torch.empty_like(p, memory_format=torch.contiguous_format) for p in params
+                ]
+                self._first_momentum_step = True
+            else:
+                self._first_momentum_step = False
+                if not all(self._suits(p, b) for p, b in zip(params, buffers, strict=True)):
+                    return False
+            lists = [buffers]
+        self._state_lists = lists
+        self._state = state
+        return True
+
+    @staticmethod
+    def _suits(p: Tensor, *tensors: Tensor | None) -> bool:
+        return all(
+            t is not None
+            and t.dtype == p.dtype
+            and t.device == p.device
+            and t.shape == p.shape
+            and t.is_contiguous()
+            for t in tensors
+        )
