@@ -347,4 +347,5 @@ def test_inference_variants_agree_and_are_timed() -> None:
     samples = inference.measure(variants, images[:4], seconds=0.02)
     assert all(len(v) >= 5 and min(v) > 0 for v in samples.values())
     text = inference.table({4: samples})
-    assert text.count("\n| 4 |") == 3 and "| 1.000 |" in text  # no-bn against itself
+    assert text.count("\n| 4 |") == 3
+    assert "| 4 | no-bn |" in text and "| 1.000 | 1.000 |" in text  # no-bn against itself
