@@ -16,7 +16,7 @@ data:
 	bash scripts/install-data.sh
 
 test: setup data
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	MPLBACKEND=agg $(BIN)/python -m pytest -q -n 2
 
@@ -24,14 +24,19 @@ test-slow: setup data
 	MPLBACKEND=agg $(BIN)/python -m pytest -q -m 'slow or study'
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
 train: setup data
 	$(BIN)/steadygrad train --preset reference --epochs 10 --out runs/reference
 
+# Side-by-side epoch timings (add `python -m benchmarks.setup_alternatives` first to include
+# Keras and JAX), inference latency, monitor overhead and the doctor's probe time.
 bench: setup data
-	$(BIN)/python -m pytest -q -m bench -s benchmarks
+	$(BIN)/python -m benchmarks.epoch --with-alternatives
+	$(BIN)/python -m benchmarks.inference
+	$(BIN)/python -m benchmarks.monitor_overhead
+	$(BIN)/python -m benchmarks.doctor_probe
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
