@@ -580,6 +580,23 @@ def test_hooks_added_later_run_on_the_plain_path() -> None:
     assert_same_state(m, ref)
 
 
+def test_optimizer_hooks_run_the_optimizers_own_step() -> None:
+    """With step hooks on the optimizer, the update is optimizer.step() on the fast gradients
+    (the path CUDA takes): hooks fire, and the result is the default Adam's, bit for bit."""
+    batches = data(8)
+    m, ref = model(), model()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    calls: list[int] = []
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append(1))
+    step = make_step(m, opt)
+    assert step is not None
+    assert run_fast(step, batches) == run_plain(ref, ref_opt, batches)
+    assert len(calls) == len(batches)
+    assert_same_state(m, ref)
+    assert_same_optimizer_state(opt, ref_opt)
+
+
 def test_bad_inputs_take_the_plain_path_and_its_errors() -> None:
     m = model()
     step = make_step(m, torch.optim.SGD(m.parameters(), lr=0.1))

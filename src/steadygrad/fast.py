@@ -175,8 +175,6 @@ class _BatchNorm(_Layer):
 
     def forward(self, h: Tensor) -> Tensor:
         training = self.module.training or self.always_batch_stats
-        if self.module.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
         # Updates the moving statistics in place in train mode, exactly as F.batch_norm does:
         # moving ← (1 − f) moving + f batch (unbiased variance for the moving one).
         z, mean, invstd = torch.native_batch_norm(
@@ -490,6 +488,7 @@ class FastStep:
         self._grads: list[Tensor] = []
         self._state: object = None  # the optimizer.state object the lists below were taken from
         self._state_lists: list[list[Tensor]] = []
+        self._flat_steps = torch.zeros(0)
         self._first_momentum_step = False
         self.fast_calls = 0
         self.plain_calls = 0
@@ -506,6 +505,14 @@ class FastStep:
         self.fast_calls += 1
         with torch.no_grad():
             self._link_grads()
+            # BatchNorm counts its training batches (all layers with one foreach call)
+            counters = [
+                bn.num_batches_tracked
+                for bn in self._batch_norms
+                if bn.num_batches_tracked is not None and bn.module.training
+            ]
+            if counters:
+                torch._foreach_add_(counters, 1)
             a = x
             for layer in self._layers:
                 a = layer.forward(a)
@@ -593,7 +600,7 @@ class FastStep:
         lr = float(group["lr"])
         if isinstance(opt, torch.optim.Adam):  # AdamW too
             exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._state_lists
-            torch._foreach_add_(steps, 1)
+            self._flat_steps.add_(1)
             beta1, beta2 = group["betas"]
             fused = (
                 torch._fused_adamw_
@@ -672,7 +679,8 @@ class FastStep:
             amsgrad = bool(group["amsgrad"])
             keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
             scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-            lists: list[list[Tensor]] = [[], [], [], []]
+            lists: list[list[Tensor]] = [[], [], []]
+            steps: list[Any] = []
             for p in params:
                 s = state[p]
                 if len(s) == 0:  # torch.optim.Adam._init_group, non-fused, non-capturable
@@ -683,10 +691,19 @@ class FastStep:
                     return False
                 for i, key in enumerate(keys):
                     lists[i].append(s[key])
-                lists[3].append(s["step"])
-            step_values = {float(t) for t in lists[3]}
-            if len(step_values) != 1 or any(t.device.type != "cpu" for t in lists[3]):
+                steps.append(s.get("step"))
+            if not all(
+                isinstance(t, Tensor) and t.device.type == "cpu" and t.dim() == 0 for t in steps
+            ):
                 return False
+            # Each parameter's "step" becomes a view into one vector, so that one add_ counts
+            # the step for all of them (a loop of 0-dim adds costs more than Adam's arithmetic
+            # on a small model). The plain path increments the views in place.
+            flat_steps = torch.stack([t.detach().to(scalar) for t in steps])
+            for i, p in enumerate(params):
+                state[p]["step"] = flat_steps[i]
+            lists.append([state[p]["step"] for p in params])
+            self._flat_steps = flat_steps
         else:
             momentum = float(group["momentum"])
             buffers = [state[p].get("momentum_buffer") for p in params] if momentum else []
