@@ -1,0 +1,154 @@
+"""Cost of ``steadygrad.monitor.watch``: monitored over unmonitored training time, in one run.
+
+``python -m benchmarks.monitor_overhead [--steps N] [--repeats R] [--threads T] [--no-append]``
+
+The reference network (``steadygrad.models.preset("reference")``: 784-300-100-10, BatchNorm,
+ELU) trains on Fashion-MNIST (``steadygrad.data.load()``), batch 50, plain SGD (lr 0.01, the
+seed's optimizer), for ``N`` steps per timed run. Each repeat times three runs back to back, in an
+order rotated from repeat to repeat: unmonitored, ``watch(every=10)`` and ``watch(every=1)``,
+both writing ``monitor.jsonl`` to a temporary folder and given the loss with ``log_loss`` (what
+``steadygrad train --monitor`` does). The overhead of a cadence is the median over repeats of the
+ratio monitored / unmonitored *within* the repeat, so drifts of the machine's speed (other jobs,
+clock changes) cancel out. Targets: ≤ 1.03 at every=10, ≤ 1.25 at every=1.
+
+The table is printed and appended, with the command, to ``benchmarks/RESULTS.md`` under the
+heading "Monitor overhead".
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from steadygrad import data, models, monitor
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADING = "## Monitor overhead"
+TARGETS = {10: 1.03, 1: 1.25}
+BATCH = 50
+
+
+def _batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``steps`` mini-batches of a fixed shuffle of the training split."""
+    dataset = data.load()
+    generator = torch.Generator().manual_seed(0)
+    return list(data.batches(dataset.train, BATCH, generator=generator))[:steps]
+
+
+def _run(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    every: int | None,
+    folder: Path,
+) -> float:
+    """Seconds to train on ``batches``, monitored every ``every`` steps (None: not monitored)."""
+
+    def train(log: Callable[[torch.Tensor], None] | None) -> None:
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            if log is not None:
+                log(loss.detach())
+
+    started = time.perf_counter()
+    if every is None:
+        train(None)
+    else:
+        with monitor.watch(model, every=every, out=folder) as mon:
+            train(mon.log_loss)
+    return time.perf_counter() - started
+
+
+def measure(steps: int, repeats: int) -> dict[str, list[float]]:
+    """Per-repeat seconds of each configuration (keys "off", "every=10", "every=1")."""
+    torch.manual_seed(0)
+    model = models.preset("reference")
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = _batches(steps)
+    configs: list[tuple[str, int | None]] = [("off", None), ("every=10", 10), ("every=1", 1)]
+    times: dict[str, list[float]] = {name: [] for name, _ in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for _, every in configs:  # warm-up: allocator, kernels, first-call paths
+            _run(model, optimizer, batches[: max(20, steps // 10)], every, folder)
+        for r in range(repeats):
+            order = configs[r % 3 :] + configs[: r % 3]
+            for name, every in order:
+                times[name].append(_run(model, optimizer, batches, every, folder))
+    return times
+
+
+def table(times: dict[str, list[float]], steps: int) -> tuple[str, dict[int, float]]:
+    """A Markdown table of the results and the median ratio per cadence."""
+    off = times["off"]
+    lines = [
+        "| configuration | ms / step (median) | monitored / unmonitored (median of paired "
+        "ratios) | target |",
+        "|---|---|---|---|",
+        f"| unmonitored | {statistics.median(off) / steps * 1e3:.3f} | 1 | |",
+    ]
+    ratios: dict[int, float] = {}
+    for every, target in TARGETS.items():
+        runs = times[f"every={every}"]
+        ratio = statistics.median(m / o for m, o in zip(runs, off, strict=True))
+        ratios[every] = ratio
+        verdict = "met" if ratio <= target else "MISSED"
+        lines.append(
+            f"| watch(every={every}) | {statistics.median(runs) / steps * 1e3:.3f} | "
+            f"{ratio:.3f} | ≤ {target} ({verdict}) |"
+        )
+    return "\n".join(lines), ratios
+
+
+def append_results(text: str, command: str) -> None:
+    """Append a dated section under the "Monitor overhead" heading of RESULTS.md."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
+    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}"
+    body = (
+        f"\n### {stamp}\n\n`{command}` — {machine}, {torch.get_num_threads()} thread(s)\n\n{text}\n"
+    )
+    existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+    with RESULTS.open("a", encoding="utf-8") as f:
+        if HEADING not in existing:
+            f.write(("\n" if existing and not existing.endswith("\n\n") else "") + HEADING + "\n")
+        f.write(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.monitor_overhead")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per timed run")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    times = measure(args.steps, args.repeats)
+    text, _ = table(times, args.steps)
+    print(text)
+    if not args.no_append:
+        command = "python -m benchmarks.monitor_overhead " + shlex.join(
+            sys.argv[1:] if argv is None else argv
+        )
+        append_results(text, command.strip())
+        print(f"appended to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Statistics computed on the device, queued into a :class:`Batch` and read with one ``tolist()``.
+
+Nothing here reads a value on the host: every function queues a few reductions and returns the
+positions of their results in the batch. :meth:`Batch.read` stacks everything queued and transfers
+it with a single ``.tolist()`` (one host synchronisation per recorded step).
+
+Moments of n entries x₁…xₙ take two reductions, s = Σ x and r = ‖x‖₂ (for many tensors at once,
+one ``torch._foreach_norm`` call), in the tensor's precision (float32 at least):
+
+    mean = s / n,   ‖x‖₂ = r,   std = sqrt(r²/n − mean²)   (population std, as ``correction=0``).
+
+On CPU the cost of a recorded step is mostly the number of PyTorch calls (a few µs each), not the
+arithmetic: hence one-pass moments, one ``_foreach`` call where a loop would do, and one read.
+
+Two cases need more, and both are recognised from s and r alone, so the extra pass runs only for
+the tensors that need it, on the steps that need it (:func:`precise_moments`, float64, two-pass):
+
+- a NaN or ±inf anywhere makes s or r non-finite: finite s and r prove there is none, so the
+  slow element-wise ``isnan``/``isinf`` counts are skipped for healthy tensors;
+- r²/n − mean² loses digits when |mean| ≫ std (catastrophic cancellation: a float32 sum of
+  squares carries ~1e-7 relative error, so var < ``CANCELLATION`` · mean² is recomputed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+
+_HALF = (torch.float16, torch.bfloat16)
+_COUNT = torch.float32  # counts as float32 (exact below 2**24) stack with the float32 sums
+
+CANCELLATION: Final = 1e-3
+"""Recompute the variance in float64 when var < CANCELLATION · mean² (std < 3 % of |mean|)."""
+
+
+def _values(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in float32 at least (sums of float16 overflow at 65504)."""
+    x = t.detach()
+    return x.float() if x.dtype in _HALF else x
+
+
+class Batch:
+    """Device tensors queued for one read.
+
+    :meth:`add` queues a 0-d tensor and returns its index in :meth:`read`'s list; :meth:`add_vector`
+    queues a 1-d tensor and returns the index of its first entry.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[torch.Tensor] = []
+        self._size = 0
+        self._vectors = False
+
+    def add(self, value: torch.Tensor) -> int:
+        """Queue a 0-d tensor; its value will be ``read()[index]``."""
+        index = self._size
+        self._items.append(value)
+        self._size += 1
+        return index
+
+    def add_vector(self, value: torch.Tensor) -> int:
+        """Queue a 1-d tensor; its values will be ``read()[index : index + len(value)]``."""
+        index = self._size
+        self._items.append(value)
+        self._size += value.numel()
+        self._vectors = True
+        return index
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self) -> list[float]:
+        """All queued values as Python floats, in order: one ``tolist()`` per device.
+
+        0-d tensors are stacked per (device, dtype) (one kernel per group instead of one copy
+        per value), groups and vectors are cast to float64 and concatenated.
+        """
+        items = self._items
+        if not items:
+            return []
+        if not self._vectors:  # the common case: 0-d tensors (stack promotes their dtypes)
+            device = items[0].device
+            if all(t.device == device for t in items):
+                return torch.stack(items).tolist()
+        out: list[float] = [math.nan] * self._size
+        # (device) -> list of (positions, tensor); 0-d values grouped by dtype first.
+        per_device: dict[torch.device, list[tuple[list[int], torch.Tensor]]] = {}
+        scalars: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
+        position = 0
+        for item in self._items:
+            if item.ndim == 0:
+                positions, tensors = scalars.setdefault((item.device, item.dtype), ([], []))
+                positions.append(position)
+                tensors.append(item)
+                position += 1
+            else:
+                n = item.numel()
+                per_device.setdefault(item.device, []).append(
+                    (list(range(position, position + n)), item.reshape(-1))
+                )
+                position += n
+        for (device, _), (positions, tensors) in scalars.items():
+            per_device.setdefault(device, []).append((positions, torch.stack(tensors)))
+        for parts in per_device.values():
+            flat = torch.cat([t.double() for _, t in parts]).tolist()
+            k = 0
+            for positions, _ in parts:
+                for p in positions:
+                    out[p] = flat[k]
+                    k += 1
+        return out
+
+
+@dataclass
+class Moments:
+    """Queued s = Σx and r = ‖x‖₂ of a tensor of ``n`` entries.
+
+    ``ref`` keeps the tensor for :func:`precise_moments`, in case s and r do not suffice.
+    """
+
+    n: int
+    at_sum: int
+    at_norm: int
+    ref: torch.Tensor | None
+
+    def sufficient(self, values: list[float]) -> bool:
+        """Whether s and r give the moments: finite, and no catastrophic cancellation."""
+        s, r = values[self.at_sum], values[self.at_norm]
+        if not (math.isfinite(s) and math.isfinite(r)):
+            return False
+        mean = s / self.n
+        return r * r / self.n - mean * mean >= CANCELLATION * mean * mean
+
+    def host(self, values: list[float]) -> tuple[float, float, float]:
+        """(mean, std, norm) from s and r."""
+        s, r = values[self.at_sum], values[self.at_norm]
+        mean = s / self.n
+        return mean, math.sqrt(max(r * r / self.n - mean * mean, 0.0)), r
+
+
+def moments(t: torch.Tensor, batch: Batch, *, keep: bool = True) -> Moments | None:
+    """Queue s = Σx and r = ‖x‖₂ of ``t`` now (three calls: detach, sum, norm); None if empty.
+
+    For forward signals, which a later in-place operation may overwrite.
+    """
+    n = t.numel()
+    if n == 0:
+        return None
+    x = _values(t)
+    at_sum = batch.add(x.sum())
+    at_norm = batch.add(torch.linalg.vector_norm(x))
+    return Moments(n=n, at_sum=at_sum, at_norm=at_norm, ref=t if keep else None)
+
+
+def moments_many(tensors: list[torch.Tensor], batch: Batch) -> list[Moments | None]:
+    """:func:`moments` of many tensors, the norms in one ``torch._foreach_norm`` call.
+
+    Call under ``torch.no_grad()``.
+    """
+    values = [t.float() if t.dtype in _HALF else t for t in tensors]
+    nonempty = [i for i, t in enumerate(values) if t.numel() > 0]
+    out: list[Moments | None] = [None] * len(tensors)
+    if not nonempty:
+        return out
+    norms = torch._foreach_norm([values[i] for i in nonempty])
+    for i, norm in zip(nonempty, norms, strict=True):
+        t = values[i]
+        at_sum = batch.add(t.sum())
+        out[i] = Moments(n=t.numel(), at_sum=at_sum, at_norm=batch.add(norm), ref=tensors[i])
+    return out
+
+
+def sum_of_squares(x: torch.Tensor) -> torch.Tensor:
+    """Σ x² as a BLAS dot product."""
+    flat = x.reshape(-1)
+    return torch.dot(flat, flat)
+
+
+@dataclass
+class PreciseMoments:
+    """Queued [#NaN, #inf, #finite, Σ finite, Σ (finite − mean)²] of a tensor, in float64."""
+
+    at: int
+
+    def host(
+        self, values: list[float]
+    ) -> tuple[int, int, float | None, float | None, float | None]:
+        """(nan, inf, mean, std, norm) over the finite entries (None when there are none)."""
+        nan, inf, k, total, c2 = values[self.at : self.at + 5]
+        if k == 0:
+            return round(nan), round(inf), None, None, None
+        mean = total / k
+        return (
+            round(nan),
+            round(inf),
+            mean,
+            math.sqrt(c2 / k),
+            math.sqrt(c2 + k * mean * mean),
+        )
+
+
+def precise_moments(t: torch.Tensor, batch: Batch) -> PreciseMoments:
+    """Queue NaN and Inf counts and two-pass float64 moments of the finite entries of ``t``."""
+    x = t.detach().double()
+    finite = torch.isfinite(x)
+    k = finite.sum()
+    total = torch.where(finite, x, 0.0).sum()
+    centred = torch.where(finite, x - total / k.clamp(min=1), 0.0)
+    values = torch.stack(
+        [
+            torch.isnan(x).sum().double(),
+            torch.isinf(x).sum().double(),
+            k.double(),
+            total,
+            sum_of_squares(centred),
+        ]
+    )
+    return PreciseMoments(at=batch.add_vector(values))
+
+
+def count_saturated(x: torch.Tensor, lo: float, hi: float, batch: Batch) -> int | None:
+    """Queue #{entries with x < lo or x > hi}; None when the region is empty (lo, hi = ∓inf)."""
+    v = x.detach()
+    if math.isinf(lo) and math.isinf(hi):
+        return None
+    if math.isinf(hi):
+        mask = v < lo
+    elif math.isinf(lo):
+        mask = v > hi
+    elif lo == -hi:  # sigmoid, tanh: one comparison fewer
+        mask = v.abs() > hi
+    else:
+        mask = (v < lo).logical_or_(v > hi)
+    return batch.add(mask.sum(dtype=_COUNT))
+
+
+def count_dead(x: torch.Tensor, unit_dim: int, dead_below: float, batch: Batch) -> tuple[int, int]:
+    """Queue #{units u : x[..., u, ...] ≤ dead_below for every sample and position}.
+
+    A unit is the index along ``unit_dim``; its maximum over all other dimensions (the batch and
+    spatial positions) is compared with ``dead_below`` (a NaN maximum is not dead). Returns
+    (index, number of units).
+    """
+    v = x.detach()
+    dim = unit_dim % v.ndim
+    others = [d for d in range(v.ndim) if d != dim]
+    peak = v.amax(dim=others) if others else v  # (units,)
+    return batch.add((peak <= dead_below).sum(dtype=_COUNT)), int(v.shape[dim])
+
+
+@dataclass
+class HistogramSlot:
+    """Queued histogram: index of [m, counts…] for ``bins`` bins over [−m, m]."""
+
+    at: int
+    bins: int
+
+    def host(self, values: list[float]) -> dict[str, list[float] | list[int]]:
+        """``{"edges": [b + 1 floats], "counts": [b ints]}``."""
+        m = values[self.at]
+        counts = [round(c) for c in values[self.at + 1 : self.at + 1 + self.bins]]
+        width = 2.0 * m / self.bins
+        edges = [-m + i * width for i in range(self.bins)] + [m]
+        return {"edges": edges, "counts": counts}
+
+
+def histogram(t: torch.Tensor, bins: int, batch: Batch) -> HistogramSlot:
+    """Queue a histogram of the finite entries of ``t``: ``bins`` equal bins over [−m, m].
+
+    m = max |x| over the finite entries (1 when there are none or all are 0). Bin i holds
+    −m + i·w ≤ x < −m + (i+1)·w, w = 2m/bins, the last bin closed (as ``numpy.histogram``).
+    Computed with a scatter-add, so no host read is needed to know the range.
+    """
+    x = _values(t).reshape(-1)
+    finite = torch.isfinite(x)
+    clean = torch.where(finite, x, 0.0)
+    m = clean.abs().amax() if x.numel() else torch.zeros((), device=x.device, dtype=x.dtype)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    index = ((clean + m) * (bins / (2.0 * m))).floor_().clamp_(0, bins - 1).long()
+    index = torch.where(finite, index, bins)  # non-finite entries go to a dropped extra bin
+    counts = torch.zeros(bins + 1, device=x.device, dtype=x.dtype)
+    counts.scatter_add_(0, index, torch.ones_like(clean))
+    return HistogramSlot(at=batch.add_vector(torch.cat([m.reshape(1), counts[:bins]])), bins=bins)

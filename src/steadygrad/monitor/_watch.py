@@ -1,0 +1,1187 @@
+"""``watch``: per-layer forward and backward statistics of any ``nn.Module`` while it trains.
+
+How it works (see docs/monitor.md for the user's view):
+
+- Forward hooks on the root module count *steps* (train-mode forward calls of the root, or
+  ``optimizer.step()`` calls when an optimizer is given) and decide which are recorded
+  (step % every == 0). On other steps every hook returns at once: no tensor is touched and
+  nothing is read on the host.
+- On a recorded step, forward hooks on each *layer* (module with a ``weight`` of rank ≥ 2) and on
+  each activation module queue on-device statistics of the pre-activation and the activation, and
+  a tensor hook on the layer's affine output z catches ∂L/∂z during the backward pass (a tensor
+  hook, not ``register_full_backward_hook``, which breaks in-place operations).
+- When the backward pass ends (an autograd engine callback), or at ``optimizer.step()`` when an
+  optimizer is given, the weights and their gradients are added, and everything queued is read
+  with a single ``.tolist()``.
+- The update ratio ‖ΔW‖/‖W‖ compares the weights with a device copy taken one step earlier (at
+  the previous forward, or around ``optimizer.step()``).
+
+The activation that *follows* a layer is, in this order: an activation module called after the
+layer and before the next layer (``nn.ReLU``, ours, or the ``.activation`` a ``Dense`` calls inside
+its own forward); else the activation *function* applied to z, found in the autograd graph
+between z and the next layer's input (``F.relu``, ``torch.tanh``, …); else none.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from steadygrad import activations, init
+from steadygrad.monitor import _output, _stats, _trace
+from steadygrad.monitor._records import (
+    Histograms,
+    LayerInfo,
+    LayerStats,
+    StepRecord,
+    header_dict,
+)
+
+SATURATION_FRACTION: Final = 0.1
+"""A unit is saturated where f'(z) < 0.1 · max f' (``Activation.saturation_region(0.1)``)."""
+
+HISTOGRAM_BINS: Final = 50
+"""Bins of each recorded histogram (equal width over [−max |x|, max |x|])."""
+
+_ARM_EVERY: Final = 4
+"""Below this cadence the submodules' hooks stay registered between recorded steps."""
+
+_RAISE_INTERNAL_ERRORS = False  # tests set this to see the monitor's own bugs as exceptions
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
+
+
+def _guarded(method: _Hook) -> _Hook:
+    """A hook that never breaks training: an unexpected error stops monitoring with a note."""
+
+    @functools.wraps(method)
+    def wrapper(self: Monitor, *args: Any, **kwargs: Any) -> Any:
+        if self._broken:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            self._internal_error(method.__name__, error)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _recording(method: _Hook) -> _Hook:
+    """A forward hook of a recorded step: returns at once on other steps, else runs guarded.
+
+    (Statistics stay out of the autograd graph because :mod:`._stats` works on detached tensors.)
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Monitor, *args: Any) -> Any:
+        if not self._active or self._broken:
+            return None
+        try:
+            return method(self, *args)
+        except Exception as error:
+            self._internal_error(method.__name__, error)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _queue_after_backward(callback: Callable[[], None]) -> bool:
+    """Run ``callback`` when the current backward pass ends (the engine hook DDP also uses)."""
+    engine = getattr(torch.autograd.Variable, "_execution_engine", None)
+    queue = getattr(engine, "queue_callback", None)
+    if queue is None:
+        return False
+    queue(callback)
+    return True
+
+
+def _first_tensor(args: tuple[Any, ...]) -> torch.Tensor | None:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return arg if arg.is_floating_point() else None
+    return None
+
+
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    """``module.weight`` when it is a tensor of rank >= 2 (a Parameter, or computed, e.g. by
+    ``torch.nn.utils.parametrize``), else None."""
+    weight = module._parameters.get("weight")  # the common case, without nn.Module.__getattr__
+    if weight is None:
+        weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else None
+
+
+class _Slot:
+    """A monitored layer (static across steps)."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module = module
+        self.name = name
+        self.kind = type(module).__name__
+        self.depth: int | None = None
+        self.unit_dim: int | None = None
+        self.activation: str | None = None
+        self.module_activation_seen = False
+        self.skipped = False
+
+    def weight(self) -> torch.Tensor | None:
+        return _weight(self.module)
+
+
+class _Entry:
+    """What one layer queued on one recorded step."""
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
+        self.calls = 0
+        self.in_forward = 0
+        self.resolved = False
+        self.claimed = False
+        self.claiming: nn.Module | None = None
+        self.internal = False
+        self.status: str | None = None  # "module" | "activation" | "none" | "unknown" | ...
+        self.activation: activations.Activation | None = None
+        self.z: torch.Tensor | None = None
+        self.z_node: Any = None  # z.grad_fn when z was made (in-place ops replace z.grad_fn)
+        self.z_version = 0
+        self.z_moments: _stats.Moments | None = None
+        self.pre: _stats.Moments | None = None
+        self.act: _stats.Moments | None = None
+        self.sat: int | None = None
+        self.sat_n = 0
+        self.sat_fixed: float | None = None
+        self.dead: int | None = None
+        self.dead_units = 0
+        self.dead_fixed: float | None = None
+        self.grad: _stats.Moments | None = None
+        self.grad_ref: torch.Tensor | None = None
+        self.act_hist: _stats.HistogramSlot | None = None
+        self.grad_hist: _stats.HistogramSlot | None = None
+        self.weight: _stats.Moments | None = None
+        self.weight_grad: _stats.Moments | None = None
+        self.update: int | None = None
+
+    def release(self) -> None:
+        """Drop every tensor reference (the autograd node hooks keep the entry alive, and the
+        tensors keep the nodes alive: a cycle through C++ that Python's collector cannot see)."""
+        self.z = None
+        self.z_node = None
+        self.grad_ref = None
+        for m in (self.z_moments, self.pre, self.act, self.grad, self.weight, self.weight_grad):
+            if m is not None:
+                m.ref = None
+
+
+class _State:
+    """One recorded step in progress."""
+
+    def __init__(self, step: int, updates: dict[_Slot, torch.Tensor]) -> None:
+        self.step = step
+        self.batch = _stats.Batch()
+        self.entries: dict[_Slot, _Entry] = {}
+        self.last: _Entry | None = None
+        self.finalized = False
+        self.expects_backward = False
+        self.callback_queued = False
+        self.loss: torch.Tensor | float | None = None
+        self.updates = updates
+
+    def release(self) -> None:
+        """Let go of every tensor (see :meth:`_Entry.release`)."""
+        for entry in self.entries.values():
+            entry.release()
+        self.entries = {}
+        self.last = None
+        self.batch = _stats.Batch()
+        self.updates = {}
+        if isinstance(self.loss, torch.Tensor):
+            self.loss = None
+
+
+@dataclass(frozen=True)
+class _Unsealed:
+    record: StepRecord
+    histograms: dict[str, dict[str, dict[str, Any]]]
+
+
+class Monitor:
+    """Per-layer statistics of a model while it trains; made by :func:`watch`.
+
+    Attributes: ``records`` (list of :class:`StepRecord`), ``layers`` (list of
+    :class:`LayerInfo`, by depth), ``notes`` (modules it could not interpret, and other remarks),
+    ``path`` (the ``monitor.jsonl`` written, or None), ``step`` (index of the latest step, −1
+    before the first).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 10,
+        *,
+        out: str | Path | None = None,
+        tensorboard: bool = False,
+        histograms: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
+        first_step: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int):
+            raise TypeError(f"every must be a positive int (record every N-th step); got {every!r}")
+        if every < 1:
+            raise ValueError(
+                f"every must be a positive int (record every N-th step); got {every!r}"
+            )
+        if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
+            raise ValueError(f"first_step must be an int >= 0; got {first_step!r}")
+        for flag, value in (("tensorboard", tensorboard), ("histograms", histograms)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False; got {value!r}")
+        if out is not None and not isinstance(out, str | Path):
+            raise TypeError(
+                f"out must be a folder path (str or Path) or None; got {type(out).__name__}"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}"
+            )
+        if tensorboard and out is None:
+            raise ValueError("tensorboard=True needs out=, the folder to write tensorboard/ into")
+
+        self.records: list[StepRecord] = []
+        self.every = every
+        self.first_step = first_step
+        self._notes: dict[str, str] = {}
+        self._model: nn.Module | None = model
+        self._optimizer = optimizer
+        self._step_unit = "forward" if optimizer is None else "optimizer_step"
+        self._histograms = histograms
+        self._closed = False
+        self._broken = False
+        self._active = False
+        self._state: _State | None = None
+        self._step = first_step - 1
+        self._next_step = first_step
+        self._forward_seen = False
+        self._snapshot: dict[_Slot, torch.Tensor] | None = None
+        self._buffers: dict[_Slot, torch.Tensor] = {}
+        self._pending_updates: dict[_Slot, torch.Tensor] = {}
+        self._unsealed: _Unsealed | None = None
+        self._order: list[_Slot] = []
+        self._handles: list[Any] = []
+
+        self._tensorboard: Any = None
+        self._writer: _output.LogWriter | None = None
+        self.path: Path | None = None
+        if out is not None:
+            folder = Path(out)
+            if tensorboard:  # fail before anything is written if TensorBoard is missing
+                self._tensorboard = _output.summary_writer(folder / _output.TENSORBOARD_FOLDER)
+            self._writer = _output.LogWriter(folder, first_step)
+            self.path = self._writer.path
+            for note in self._writer.notes:
+                self._note(note, note)
+
+        self._slots: dict[nn.Module, _Slot] = {}
+        self._activation_modules: dict[nn.Module, activations.Activation] = {}
+        self._discover(model)
+        self._armed: list[Any] = []
+        self._hooked = [m for m in (*self._slots, *self._activation_modules) if m is not model]
+        # Hooks on the submodules either stay for the whole watch or are added for each recorded
+        # forward only: adding and removing them costs about as much as 4 forwards through
+        # hooked modules, so frequent recording keeps them.
+        self._permanent = every < _ARM_EVERY
+        self._register(model)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def notes(self) -> list[str]:
+        """Remarks: modules that could not be interpreted, layers called twice, stopped writing."""
+        return list(self._notes.values())
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """The layers seen so far, by depth."""
+        out = []
+        for slot in self._order:
+            weight = slot.weight()
+            shape = tuple(weight.shape) if weight is not None else ()
+            assert slot.depth is not None
+            out.append(LayerInfo(slot.name, slot.kind, slot.depth, slot.activation, shape))
+        return out
+
+    @property
+    def step(self) -> int:
+        """Index of the latest step (``first_step − 1`` before the first)."""
+        return self._step
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (hooks removed)."""
+        return self._closed
+
+    def log_loss(self, loss: torch.Tensor | float) -> None:
+        """Attach the loss of the latest step to its record (ignored on unrecorded steps).
+
+        Call it after the backward pass (e.g. from ``fit``'s ``on_step_end``): on a recorded step
+        it reads the loss (a host synchronisation, on that step only) and writes the record.
+        Called before the backward pass, the loss is read together with the statistics.
+        """
+        if isinstance(loss, bool) or not isinstance(loss, torch.Tensor | int | float):
+            raise TypeError(f"loss must be a scalar tensor or a number; got {type(loss).__name__}")
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+            raise ValueError(f"loss must be a scalar tensor; got shape {tuple(loss.shape)}")
+        if self._closed or self._broken:
+            return
+        state = self._state
+        if state is not None and state.step == self._step and not state.finalized:
+            state.loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+            return
+        unsealed = self._unsealed
+        if unsealed is not None and unsealed.record.step == self._step:
+            unsealed.record.loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            self._seal()
+
+    def close(self) -> None:
+        """Finish the step in progress, write what is pending, remove every hook. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            state = self._state
+            if state is not None and not state.finalized and state.entries and not self._broken:
+                self._finalize(state)
+            self._seal()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._deactivate()
+            if self._state is not None:
+                self._state.release()
+            self._state = None
+            self._snapshot = None
+            self._buffers = {}
+            self._pending_updates = {}
+            self._model = None
+            self._optimizer = None
+            if self._writer is not None:
+                try:
+                    self._writer.close(self._header())
+                except OSError as error:
+                    self._note("write", f"stopped writing {self.path}: {error}")
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "watching"
+        return (
+            f"Monitor({state}, every={self.every}, layers={len(self._slots)}, "
+            f"records={len(self.records)})"
+        )
+
+    # ------------------------------------------------------------------ setup
+
+    def _internal_error(self, where: str, error: Exception) -> None:
+        if _RAISE_INTERNAL_ERRORS:
+            raise error
+        self._broken = True
+        if self._state is not None:
+            self._state.release()
+        self._state = None
+        self._deactivate()
+        self._note(
+            "internal",
+            f"monitoring stopped after an internal error in {where}: "
+            f"{type(error).__name__}: {error}",
+        )
+
+    def _note(self, key: str, text: str) -> None:
+        if key not in self._notes:
+            self._notes[key] = text
+
+    def _discover(self, model: nn.Module) -> None:
+        for name, module in model.named_modules():
+            label = name or "(root)"
+            if _weight(module) is not None:
+                self._slots[module] = _Slot(module, label)
+                continue
+            converted = activations.from_module(module)
+            if converted is not None and type(module) is not nn.Identity:
+                self._activation_modules[module] = converted
+                continue
+            big = [p for p, value in module.named_parameters(recurse=False) if value.ndim >= 2]
+            if big:
+                self._note(
+                    f"no-weight:{label}",
+                    f"{label} ({type(module).__name__}) has parameters of rank >= 2 "
+                    f"({', '.join(big)}) but no `weight`; it is not monitored",
+                )
+        if not self._slots:
+            self._note(
+                "no-layers",
+                "the model has no module with a `weight` of rank >= 2; there is nothing to monitor",
+            )
+
+    def _register(self, model: nn.Module) -> None:
+        """Hooks on the root (and the optimizer) for the whole watch; see :meth:`_arm`."""
+        handles = self._handles
+        handles.append(model.register_forward_pre_hook(self._root_pre, prepend=True))
+        self._hook_module(model, handles)  # when the root is itself a layer or an activation
+        handles.append(model.register_forward_hook(self._root_post, always_call=True))
+        if self._permanent:
+            for module in self._hooked:
+                self._hook_module(module, handles)
+        if self._optimizer is not None:
+            handles.append(self._optimizer.register_step_pre_hook(self._optimizer_pre))
+            handles.append(self._optimizer.register_step_post_hook(self._optimizer_post))
+
+    def _hook_module(self, module: nn.Module, handles: list[Any]) -> None:
+        if module in self._slots:
+            handles.append(module.register_forward_pre_hook(self._layer_pre))
+            handles.append(module.register_forward_hook(self._layer_post))
+        elif module in self._activation_modules:
+            handles.append(module.register_forward_pre_hook(self._act_pre))
+            handles.append(module.register_forward_hook(self._act_post))
+
+    def _arm(self) -> None:
+        if self._permanent:
+            return
+        """Hook every layer and activation module for the recorded forward about to run.
+
+        Hooks exist only during recorded forwards: on other steps the submodules run PyTorch's
+        hook-free fast path and only the root's two hooks are called.
+        """
+        for module in self._hooked:
+            self._hook_module(module, self._armed)
+
+    def _disarm(self) -> None:
+        for handle in self._armed:
+            handle.remove()
+        self._armed.clear()
+
+    def _deactivate(self) -> None:
+        self._active = False
+        self._disarm()
+
+    # ------------------------------------------------------------------ step boundaries
+
+    def _take_snapshot(self) -> None:
+        """Copy the weights into device buffers, to measure the next optimizer step's update."""
+        slots, weights, buffers = [], [], []
+        for slot in self._slots.values():
+            weight = slot.weight()
+            if weight is None:
+                continue
+            buffer = self._buffers.get(slot)
+            if (
+                buffer is None
+                or buffer.shape != weight.shape
+                or buffer.dtype != weight.dtype
+                or buffer.device != weight.device
+            ):
+                buffer = self._buffers[slot] = torch.empty_like(weight, requires_grad=False)
+            slots.append(slot)
+            weights.append(weight)
+            buffers.append(buffer)
+        if buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, weights)
+        self._snapshot = dict(zip(slots, buffers, strict=True))
+
+    def _measure_updates(self) -> None:
+        """Queue ‖W − W_before‖₂ (device scalars) for the next record.
+
+        The snapshot buffers are overwritten with the differences (no temporary as large as W);
+        one ``_foreach`` call for all layers.
+        """
+        snapshot, self._snapshot = self._snapshot, None
+        if not snapshot:
+            return
+        slots, weights, buffers = [], [], []
+        for slot, before in snapshot.items():
+            weight = slot.weight()
+            if weight is None or weight.shape != before.shape or weight.device != before.device:
+                continue
+            slots.append(slot)
+            weights.append(weight)
+            buffers.append(before)
+        if not buffers:
+            return
+        with torch.no_grad():
+            torch._foreach_sub_(buffers, weights)
+            norms = torch._foreach_norm(buffers)
+        self._pending_updates.update(zip(slots, norms, strict=True))
+
+    def _start(self, step: int) -> None:
+        self._step = step
+        if step % self.every == 0:
+            updates, self._pending_updates = self._pending_updates, {}
+            self._state = _State(step, updates)
+            self._active = True
+            self._arm()
+        else:
+            self._state = None
+            self._pending_updates = {}
+
+    @_guarded
+    def _root_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not module.training:
+            return
+        if self._optimizer is not None:  # a step is an optimizer step: record its first forward
+            if self._forward_seen:
+                return
+            self._forward_seen = True
+            if self._unsealed is not None:
+                self._seal()
+            self._start(self._next_step)
+            return
+        state = self._state
+        if state is not None and not state.finalized:
+            self._finalize(state)  # the previous recorded step had no backward pass
+        if self._unsealed is not None:
+            self._seal()
+        step = self._next_step
+        self._next_step += 1
+        if step % self.every == 0:
+            self._measure_updates()
+        if (step + 1) % self.every == 0:
+            self._take_snapshot()
+        self._start(step)
+
+    @_recording
+    def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._deactivate()
+        state = self._state
+        if state is None:
+            return
+        last = state.last
+        if last is not None and not last.resolved and last.in_forward == 0:
+            self._resolve(last, output if isinstance(output, torch.Tensor) else None)
+        if not state.expects_backward and self._optimizer is None:
+            self._finalize(state)  # no gradient will flow (no_grad, or nothing requires grad)
+
+    @_guarded
+    def _optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        state = self._state
+        if state is not None and not state.finalized:
+            self._finalize(state)
+        if (self._next_step + 1) % self.every == 0:
+            self._take_snapshot()
+
+    @_guarded
+    def _optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._measure_updates()
+        self._next_step += 1
+        self._forward_seen = False
+
+    # ------------------------------------------------------------------ layers
+
+    @_recording
+    def _layer_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._active:
+            return
+        state = self._state
+        slot = self._slots[module]
+        if state is None or slot.skipped:
+            return
+        entry = state.entries.get(slot)
+        if entry is None:
+            entry = state.entries[slot] = _Entry(slot)
+            if slot.depth is None:
+                self._order.append(slot)
+                slot.depth = len(self._order)
+        entry.calls += 1
+        previous = state.last
+        if previous is not None and not previous.resolved and previous.in_forward == 0:
+            self._resolve(previous, _first_tensor(args))  # its activation: this layer's input
+        state.last = entry
+        entry.in_forward += 1
+
+    @_recording
+    def _layer_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._active:
+            return
+        state = self._state
+        slot = self._slots[module]
+        if state is None or slot.skipped:
+            return
+        entry = state.entries.get(slot)
+        if entry is None:
+            return
+        entry.in_forward -= 1
+        if entry.calls > 1:
+            return
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            self._skip(slot, state, f"its output is {type(output).__name__}, not a float tensor")
+            return
+        if slot.unit_dim is None:
+            slot.unit_dim = self._unit_dim(slot, output)
+            if slot.unit_dim is None:
+                return
+        if entry.claimed and entry.internal:
+            return  # z, pre and ∂L/∂z were taken at the activation's input inside this forward
+        entry.z = output
+        entry.z_node = output.grad_fn
+        entry.z_version = output._version
+        if not slot.module_activation_seen:
+            entry.z_moments = _stats.moments(output, state.batch)
+        self._watch_gradient(state, entry, output)
+
+    def _unit_dim(self, slot: _Slot, output: torch.Tensor) -> int | None:
+        """Dimension of ``output`` that indexes units (features or channels)."""
+        module = slot.module
+        weight = slot.weight()
+        assert weight is not None
+        if isinstance(module, nn.Linear | nn.Bilinear | nn.Embedding | nn.EmbeddingBag):
+            return -1
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return 1 if output.ndim == weight.ndim else 0  # (N, C, *) or unbatched (C, *)
+        units = weight.shape[0]
+        if output.ndim >= 1 and output.shape[-1] == units:
+            return -1
+        if output.ndim >= 2 and output.shape[1] == units:
+            return 1
+        self._skip(
+            slot,
+            self._state,
+            f"no dimension of its output {tuple(output.shape)} has weight.shape[0] = {units} units",
+        )
+        return None
+
+    def _skip(self, slot: _Slot, state: _State | None, why: str) -> None:
+        slot.skipped = True
+        if state is not None:
+            state.entries.pop(slot, None)
+            if state.last is not None and state.last.slot is slot:
+                state.last = None
+        if slot in self._order:
+            self._order.remove(slot)
+            for depth, other in enumerate(self._order, start=1):
+                other.depth = depth
+        slot.depth = None
+        self._note(f"skip:{slot.name}", f"{slot.name} ({slot.kind}) is not monitored: {why}")
+
+    def _watch_gradient(self, state: _State, entry: _Entry, z: torch.Tensor) -> None:
+        """Catch ∂L/∂z in the backward pass (the hook goes away with the graph).
+
+        The hook sits on the autograd node that produced z (a pre-hook receives the gradients of
+        its outputs), which costs a quarter of ``Tensor.register_hook`` and, like it, still sees
+        the gradient of z's own value when z is later overwritten in place.
+        """
+        if not z.requires_grad:
+            return
+        node = z.grad_fn
+        if node is not None:
+            node.register_prehook(functools.partial(self._node_hook, state, entry, z.output_nr))
+        else:  # a leaf that requires grad
+            z.register_hook(functools.partial(self._gradient_hook, state, entry))  # type: ignore[no-untyped-call]
+        state.expects_backward = True
+
+    @_guarded
+    def _node_hook(
+        self, state: _State, entry: _Entry, index: int, grad_outputs: tuple[Any, ...]
+    ) -> None:
+        grad = grad_outputs[index] if index < len(grad_outputs) else None
+        if isinstance(grad, torch.Tensor):
+            self._gradient_hook(state, entry, grad)
+
+    @_guarded
+    def _gradient_hook(self, state: _State, entry: _Entry, grad: torch.Tensor) -> None:
+        if state.finalized or entry.grad_ref is not None:
+            return
+        entry.grad_ref = grad  # its moments are taken with the weights', when backward ends
+        if self._histograms or self._tensorboard is not None:
+            with torch.no_grad():
+                entry.grad_hist = _stats.histogram(grad, HISTOGRAM_BINS, state.batch)
+        if self._optimizer is None and not state.callback_queued:
+            state.callback_queued = _queue_after_backward(
+                functools.partial(self._after_backward, state)
+            )
+
+    @_guarded
+    def _after_backward(self, state: _State) -> None:
+        if not state.finalized:
+            self._finalize(state)
+
+    # ------------------------------------------------------------------ activations
+
+    @_recording
+    def _act_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._active:
+            return
+        state = self._state
+        if state is None:
+            return
+        entry = state.last
+        if entry is None or entry.resolved or entry.claimed or entry.calls > 1:
+            return
+        x = _first_tensor(args)
+        if x is None:
+            return
+        slot = entry.slot
+        if entry.in_forward > 0 and slot.unit_dim is None:  # Dense: first call, z not seen yet
+            slot.unit_dim = self._unit_dim(slot, x)
+            if slot.unit_dim is None:
+                return
+        activation = self._activation_modules[module]
+        entry.claimed = True
+        entry.claiming = module
+        entry.internal = entry.in_forward > 0
+        entry.status = "module"
+        entry.activation = activation
+        entry.slot.module_activation_seen = True
+        if entry.internal:  # Dense: the activation's input is the layer's affine output z
+            entry.z = x
+            entry.z_node = x.grad_fn
+            entry.z_version = x._version
+            self._watch_gradient(state, entry, x)
+        if entry.z_moments is not None and x is entry.z and x._version == entry.z_version:
+            entry.pre = entry.z_moments
+        else:
+            entry.pre = _stats.moments(x, state.batch)
+        self._measure_pre(state, entry, x, activation)
+
+    @_recording
+    def _act_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._active:
+            return
+        state = self._state
+        if state is None:
+            return
+        entry = state.last
+        if entry is None or entry.claiming is not module:
+            return
+        entry.claiming = None
+        entry.resolved = True
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            self._measure_act(state, entry, output)
+
+    def _measure_act(self, state: _State, entry: _Entry, act: torch.Tensor) -> None:
+        entry.act = _stats.moments(act, state.batch)
+        if self._histograms or self._tensorboard is not None:
+            entry.act_hist = _stats.histogram(act, HISTOGRAM_BINS, state.batch)
+
+    def _measure_pre(
+        self, state: _State, entry: _Entry, x: torch.Tensor, activation: activations.Activation
+    ) -> None:
+        """Queue the saturated-entry and dead-unit counts of pre-activation ``x``."""
+        lo, hi = _saturation_region(activation)
+        entry.sat = _stats.count_saturated(x, lo, hi, state.batch)
+        entry.sat_n = x.numel()
+        entry.sat_fixed = 0.0 if entry.sat is None else None
+        dead_below = activation.dead_below
+        if dead_below is None:
+            entry.dead_fixed = 0.0  # f' is never exactly 0: no unit can be dead
+        elif x.ndim >= 1 and x.numel() > 0:
+            unit_dim = entry.slot.unit_dim if entry.slot.unit_dim is not None else -1
+            if -x.ndim <= unit_dim < x.ndim:
+                entry.dead, entry.dead_units = _stats.count_dead(
+                    x, unit_dim, dead_below, state.batch
+                )
+
+    def _resolve(self, entry: _Entry, later: torch.Tensor | None) -> None:
+        """Settle the activation of a layer that no activation module claimed.
+
+        ``later`` is the tensor that carries the layer's signal on (the next layer's input or
+        the model's output): its statistics are the layer's activation statistics, and the graph
+        between z and it names the activation function, if any.
+        """
+        entry.resolved = True
+        state = self._state
+        z = entry.z
+        if entry.claimed or state is None or z is None:
+            return
+        unchanged = z._version == entry.z_version
+        if later is not None and later.is_floating_point():
+            self._measure_act(state, entry, later)
+            same = later is z and unchanged  # z itself goes on: no activation
+            trace = _trace.Trace("none") if same else _trace.between(entry.z_node, later)
+        else:
+            trace = _trace.Trace("unreachable")
+        entry.status = trace.status
+        entry.activation = trace.activation
+        if trace.status == "unknown":
+            self._note(
+                f"unknown-function:{entry.slot.name}",
+                f"the activation after {entry.slot.name} ({trace.node}) is not one steadygrad "
+                "knows: no saturation or dead-unit statistics for it",
+            )
+        if entry.z_moments is not None:
+            entry.pre = entry.z_moments
+        elif unchanged:
+            entry.pre = _stats.moments(z, state.batch)
+        else:
+            self._note(
+                f"inplace:{entry.slot.name}",
+                f"the output of {entry.slot.name} was overwritten in place before it could be "
+                "measured; its pre-activation statistics are missing on some steps",
+            )
+        activation = trace.activation
+        if activation is None:
+            return
+        if unchanged:
+            self._measure_pre(state, entry, z, activation)
+        elif isinstance(activation, activations.ReLU):
+            # F.relu(z, inplace=True): relu(z) <= 0 exactly where z <= 0, so deadness survives.
+            self._measure_pre(state, entry, z, activation)
+
+    # ------------------------------------------------------------------ reading a step
+
+    def _finalize(self, state: _State) -> None:
+        """Queue the weights and gradients, read everything once, append the record."""
+        state.finalized = True
+        if self._state is state:
+            self._deactivate()
+        batch = state.batch
+        entries = [e for e in state.entries.values() if not e.slot.skipped]
+        with torch.no_grad():
+            # ∂L/∂z, W and ∂L/∂W of every layer: their sums, and their norms in one call
+            tensors: list[torch.Tensor] = []
+            targets: list[tuple[_Entry, str]] = []
+            for entry in entries:
+                if not entry.resolved:
+                    self._resolve(entry, None)
+                if entry.grad_ref is not None:
+                    tensors.append(entry.grad_ref)
+                    targets.append((entry, "grad"))
+                weight = entry.slot.weight()
+                if weight is None:
+                    continue
+                tensors.append(weight)
+                targets.append((entry, "weight"))
+                if weight.grad is not None:
+                    tensors.append(weight.grad)
+                    targets.append((entry, "weight_grad"))
+                update = state.updates.get(entry.slot)
+                if update is not None:
+                    entry.update = batch.add(update)
+            for (entry, field), m in zip(targets, _stats.moments_many(tensors, batch), strict=True):
+                setattr(entry, field, m)
+            loss_at = None
+            if isinstance(state.loss, torch.Tensor):
+                loss_at = batch.add(state.loss.detach().float().reshape(()))
+            values = batch.read()  # the one host synchronisation of the step
+            # Second pass, only for the tensors whose Σx, Σx² were not finite or cancelled out.
+            second = _stats.Batch()
+            precise: dict[int, _stats.PreciseMoments] = {}
+            for entry in entries:
+                for m in (entry.pre, entry.act, entry.grad, entry.weight, entry.weight_grad):
+                    if m is None or m.ref is None or id(m) in precise:
+                        continue
+                    if not m.sufficient(values):
+                        precise[id(m)] = _stats.precise_moments(m.ref, second)
+            values2 = second.read() if precise else []
+        layers: list[LayerStats] = []
+        histograms: Histograms = {}
+        for entry in sorted(entries, key=lambda e: e.slot.depth or 0):
+            stats, hists = self._layer_stats(entry, values, precise, values2)
+            layers.append(stats)
+            if hists:
+                histograms[entry.slot.name] = hists
+            if entry.calls > 1:
+                self._note(
+                    f"calls:{entry.slot.name}",
+                    f"{entry.slot.name} ran {entry.calls} times in one forward pass; its "
+                    "statistics are those of the first call (its weight gradient sums over "
+                    "all calls)",
+                )
+        loss: float | None = None
+        if loss_at is not None:
+            loss = values[loss_at]
+        elif isinstance(state.loss, float):
+            loss = state.loss
+        record = StepRecord(
+            step=state.step,
+            loss=loss,
+            layers=layers,
+            histograms=histograms if self._histograms else {},
+        )
+        self.records.append(record)
+        loss_given = state.loss is not None
+        state.release()
+        if self._unsealed is not None:
+            self._seal()
+        self._unsealed = _Unsealed(record, histograms)
+        if loss_given:
+            self._seal()
+
+    def _layer_stats(
+        self,
+        entry: _Entry,
+        values: list[float],
+        precise: dict[int, _stats.PreciseMoments],
+        values2: list[float],
+    ) -> tuple[LayerStats, dict[str, dict[str, Any]]]:
+        nan = inf = 0
+
+        def read(
+            m: _stats.Moments | None, count: bool = True
+        ) -> tuple[float | None, float | None, float | None]:
+            nonlocal nan, inf
+            if m is None:
+                return None, None, None
+            if id(m) in precise:
+                n_nan, n_inf, mean, std, norm = precise[id(m)].host(values2)
+                if count:
+                    nan += n_nan
+                    inf += n_inf
+                return mean, std, norm
+            return m.host(values)
+
+        pre_mean, pre_std, _ = read(entry.pre)
+        act_mean, act_std, _ = read(entry.act)
+        _, grad_std, grad_norm = read(entry.grad)
+        _, weight_std, weight_norm = read(entry.weight, count=False)
+        _, wgrad_std, wgrad_norm = read(entry.weight_grad)
+        saturated = entry.sat_fixed
+        if entry.sat is not None and entry.sat_n:
+            saturated = values[entry.sat] / entry.sat_n
+        dead = entry.dead_fixed
+        if entry.dead is not None and entry.dead_units:
+            dead = values[entry.dead] / entry.dead_units
+        update_ratio = None
+        if entry.update is not None and weight_norm is not None:
+            change = values[entry.update]  # ‖W − W_before‖₂
+            if weight_norm > 0 and math.isfinite(weight_norm) and math.isfinite(change):
+                update_ratio = change / weight_norm
+        slot = entry.slot
+        name = entry.activation.name if entry.activation is not None else None
+        slot.activation = name
+        weight = slot.weight()
+        recommended = None
+        if weight is not None and entry.status in ("module", "activation", "none"):
+            recommended = _recommended_std(entry.activation, tuple(weight.shape))
+        assert slot.depth is not None
+        stats = LayerStats(
+            name=slot.name,
+            kind=slot.kind,
+            depth=slot.depth,
+            activation=name,
+            pre_mean=pre_mean,
+            pre_std=pre_std,
+            act_mean=act_mean,
+            act_std=act_std,
+            saturated=saturated,
+            dead=dead,
+            grad_out_std=grad_std,
+            grad_out_norm=grad_norm,
+            weight_std=weight_std,
+            weight_grad_std=wgrad_std,
+            weight_grad_norm=wgrad_norm,
+            update_ratio=update_ratio,
+            recommended_std=recommended,
+            nan=nan,
+            inf=inf,
+        )
+        hists: dict[str, dict[str, Any]] = {}
+        if entry.act_hist is not None:
+            hists["act"] = entry.act_hist.host(values)
+        if entry.grad_hist is not None:
+            hists["grad"] = entry.grad_hist.host(values)
+        return stats, hists
+
+    def _header(self) -> dict[str, Any]:
+        return header_dict(
+            self.layers,
+            self.notes,
+            every=self.every,
+            step_unit=self._step_unit,
+            first_step=self.first_step,
+        )
+
+    def _seal(self) -> None:
+        """Write the finished record (JSON line, TensorBoard); host work only, no device read."""
+        unsealed, self._unsealed = self._unsealed, None
+        if unsealed is None:
+            return
+        if self._writer is not None:
+            try:
+                self._writer.write(self._header, unsealed.record)
+            except OSError as error:
+                self._writer = None
+                self._note("write", f"stopped writing {self.path}: {error}")
+        if self._tensorboard is not None:
+            _output.write_tensorboard(self._tensorboard, unsealed.record, unsealed.histograms)
+
+
+_REGIONS: dict[tuple[type, str], tuple[float, float]] = {}
+
+
+def _saturation_region(activation: activations.Activation) -> tuple[float, float]:
+    """``activation.saturation_region(SATURATION_FRACTION)``, cached by class and parameters."""
+    key = (type(activation), activation.extra_repr())
+    region = _REGIONS.get(key)
+    if region is None:
+        region = _REGIONS[key] = activation.saturation_region(SATURATION_FRACTION)
+    return region
+
+
+_RECOMMENDED: dict[tuple[str, str, tuple[int, ...]], float | None] = {}
+
+
+def _recommended_std(
+    activation: activations.Activation | None, shape: tuple[int, ...]
+) -> float | None:
+    """``init.recommended(activation).std(shape)`` (None when it does not apply to the shape)."""
+    key = (
+        "" if activation is None else activation.name,
+        "" if activation is None else activation.extra_repr(),
+        shape,
+    )
+    if key not in _RECOMMENDED:
+        try:
+            _RECOMMENDED[key] = init.recommended(activation).std(shape)
+        except (TypeError, ValueError):
+            _RECOMMENDED[key] = None
+    return _RECOMMENDED[key]
+
+
+def watch(
+    model: nn.Module,
+    every: int = 10,
+    *,
+    out: str | Path | None = None,
+    tensorboard: bool = False,
+    histograms: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
+    first_step: int = 0,
+) -> Monitor:
+    """Record per-layer forward and backward statistics of ``model`` every ``every`` steps.
+
+    Use it as a context manager around any training loop (hooks are removed on exit)::
+
+        with monitor.watch(model, every=10, out="runs/a") as mon:
+            for x, y in batches:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(); loss.backward(); opt.step()
+                mon.log_loss(loss)          # optional: puts the loss in the records
+
+    A *step* is one train-mode forward call of ``model`` (or one ``optimizer.step()`` when
+    ``optimizer`` is given: then the step's first forward is recorded and the weight gradients
+    are read at ``optimizer.step()``, after any gradient accumulation). Steps are numbered from
+    ``first_step`` (pass the global step when resuming a run); steps with
+    ``step % every == 0`` are recorded, others cost only a few Python calls and never
+    synchronise with the device.
+
+    ``out``: folder for ``monitor.jsonl`` (see :mod:`steadygrad.monitor`); ``tensorboard``:
+    also write ``<out>/tensorboard`` (needs ``pip install 'steadygrad[tensorboard]'``);
+    ``histograms``: add 50-bin histograms of each layer's activation and back-propagated
+    gradient to the records.
+
+    Raises:
+        TypeError, ValueError: bad arguments. ImportError: tensorboard=True without TensorBoard.
+        DataError: ``out`` cannot be created or written.
+    """
+    return Monitor(
+        model,
+        every,
+        out=out,
+        tensorboard=tensorboard,
+        histograms=histograms,
+        optimizer=optimizer,
+        first_step=first_step,
+    )
+
+
+def _split_batch(batch: Any) -> tuple[torch.Tensor, Any]:
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, tuple | list) and len(batch) in (1, 2):
+        x = batch[0]
+        if isinstance(x, torch.Tensor):
+            return x, (batch[1] if len(batch) == 2 else None)
+    raise TypeError(
+        "batch must be an input tensor x or a pair (x, y); got "
+        + (
+            f"a {type(batch).__name__} of length {len(batch)}"
+            if isinstance(batch, tuple | list)
+            else type(batch).__name__
+        )
+    )
+
+
+def default_loss(output: torch.Tensor, target: Any = None) -> torch.Tensor:
+    """The loss :func:`probe` uses without ``loss_fn``.
+
+    With targets: mean cross-entropy −(1/B) Σᵢ log softmax(f(xᵢ))_{yᵢ} (``F.cross_entropy``).
+    Without: L = (1/(2B)) Σᵢ ‖f(xᵢ)‖², whose gradient ∂L/∂f(xᵢ) = f(xᵢ)/B back-propagates the
+    output signal itself, scaled by 1/B like the cross-entropy's (softmax − onehot)/B.
+    """
+    if target is not None:
+        return F.cross_entropy(output, target)
+    batch = output.shape[0] if output.ndim >= 1 else 1
+    return output.float().pow(2).sum() / (2 * batch)
+
+
+def probe(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> list[LayerStats]:
+    """Every statistic of every layer on one forward and backward pass of ``batch``.
+
+    ``batch`` is ``x`` or ``(x, y)``; the loss is ``loss_fn(output, y)`` (``loss_fn(output)``
+    without targets) or :func:`default_loss`. The pass runs in train mode; the model is left as
+    it was: training flag, buffers (BatchNorm running statistics) and ``.grad`` of every
+    parameter are restored. ``update_ratio`` is None (there is no optimizer step).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or None; got {type(loss_fn).__name__}")
+    x, y = _split_batch(batch)
+    was_training = model.training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    params = list(model.parameters())
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        model.train()
+        with watch(model, every=1) as monitor, torch.enable_grad():
+            output = model(x)
+            if loss_fn is not None:
+                loss = loss_fn(output, y) if y is not None else loss_fn(output)
+            elif isinstance(output, torch.Tensor):
+                loss = default_loss(output, y)
+            else:
+                raise TypeError(
+                    f"the model returned {type(output).__name__}; the default loss needs a tensor, "
+                    "pass loss_fn"
+                )
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError(f"the loss must be a scalar tensor; got {type(loss).__name__}")
+            monitor.log_loss(loss)
+            if loss.requires_grad:
+                loss.backward()  # type: ignore[no-untyped-call]
+        return monitor.records[0].layers if monitor.records else []
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        model.train(was_training)
