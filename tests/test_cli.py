@@ -275,3 +275,25 @@ def test_report_without_monitor_data_says_how_to_record_it(
     code, _, err = run_cli(["report", str(run)], capsys)
     assert code == 1 and "has no monitor.jsonl: train with --monitor" in err
     assert err.count("\n") == 1
+
+
+def test_train_with_monitor_records_and_report_renders(
+    tiny_idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from steadygrad import monitor
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        ["train", "--data-dir", str(tiny_idx_dir), *SMALL, "--out", str(run), "--monitor",
+         "--monitor-every", "5", "--histograms"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    log = monitor.read(run / "monitor.jsonl")
+    steps = [r.step for r in log.records]
+    assert steps == list(range(0, 50, 5))  # 2 epochs × 25 steps, every 5th recorded
+    assert [layer.name for layer in log.layers] == ["hidden1", "outputs"]
+    assert all(r.loss is not None for r in log.records)
+    code, out, err = run_cli(["report", str(run)], capsys)
+    assert code == 0, err
+    assert (run / "report.html").is_file() and out.strip() == f"wrote {run / 'report.html'}"

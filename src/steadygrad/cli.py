@@ -9,6 +9,7 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -131,6 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--force", action="store_true", help="start over even if --out already holds a run"
+    )
+    m = t.add_argument_group("gradient-flow monitor")
+    m.add_argument(
+        "--monitor",
+        action="store_true",
+        help="record per-layer forward/backward statistics into RUN_DIR/monitor.jsonl "
+        "(render them with `steadygrad report RUN_DIR`)",
+    )
+    m.add_argument(
+        "--monitor-every", type=_positive_int, default=10, help="record every N steps (10)"
+    )
+    m.add_argument(
+        "--histograms", action="store_true", help="also record activation/gradient histograms"
+    )
+    m.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard events (RUN_DIR/tensorboard)",
     )
     t.set_defaults(func=_cmd_train)
 
@@ -290,14 +309,37 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     def report(record: dict[str, Any]) -> None:
         print(_format_epoch(record, config.epochs), flush=True)
 
-    history = fit(
-        model,
-        dataset,
-        config,
-        resume=args.resume,
-        on_epoch_end=report,
-        run_meta={"model_config": model_config, "data_config": data_config},
-    )
+    watching: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    on_step_end = None
+    if args.monitor or args.histograms or args.tensorboard:
+        from steadygrad import checkpoint, monitor
+
+        first_step = 0
+        if args.resume:
+            first_step = int(checkpoint.read_meta(out / CHECKPOINT_NAME).get("step", 0))
+        watcher = monitor.watch(
+            model,
+            every=args.monitor_every,
+            out=out,
+            tensorboard=args.tensorboard,
+            histograms=args.histograms,
+            first_step=first_step,
+        )
+        watching = watcher
+
+        def on_step_end(step: int, loss: torch.Tensor) -> None:
+            watcher.log_loss(loss)
+
+    with watching:
+        history = fit(
+            model,
+            dataset,
+            config,
+            resume=args.resume,
+            on_epoch_end=report,
+            on_step_end=on_step_end,
+            run_meta={"model_config": model_config, "data_config": data_config},
+        )
     if args.resume and history:
         done = len(history)
         print(
