@@ -283,7 +283,8 @@ class Diagnosis:
         if self.findings:
             parts += ["", "findings:"]
             for i, f in enumerate(self.findings, start=1):
-                parts.append(f"{i}. [{f.severity}] {f.kind}: {span(f.layers)}")
+                where = f": {span(f.layers)}" if f.layers else ""
+                parts.append(f"{i}. [{f.severity}] {f.kind}{where}")
                 parts.append(f"   evidence: {f.evidence}")
                 parts.append(f"   why: {f.explanation}")
                 parts.append(f"   fix: {f.fix}")

@@ -362,6 +362,9 @@ class Treatment:
             items = [f"{f.kind} ({f.severity})" for f in d.findings if f.severity != "info"]
             return ", ".join(items) if items else "none"
 
+        def loss(value: float) -> str:
+            return fmt(value, 4) if math.isfinite(value) else "diverged"
+
         def std_range(k: dict[str, Any]) -> str:
             return f"{fmt(k['pre_std_min'])} – {fmt(k['pre_std_max'])}"
 
@@ -373,12 +376,12 @@ class Treatment:
             ("forward ratio layer L / 1", fmt(b["forward_ratio"]), fmt(a["forward_ratio"])),
             ("pre-activation std", std_range(b), std_range(a)),
             ("lr", f"{c['lr']['original']:g}", f"{c['lr']['treated']:g}"),
-            ("loss before training", fmt(c["loss_start"]["original"], 4),
-             fmt(c["loss_start"]["treated"], 4)),
-            (f"loss after {c['steps']} SGD steps", fmt(c["loss_final"]["original"], 4),
-             fmt(c["loss_final"]["treated"], 4)),
-            (f"mean loss, last {c['loss_window']} evaluations", fmt(c["loss_end"]["original"], 4),
-             fmt(c["loss_end"]["treated"], 4)),
+            ("loss before training", loss(c["loss_start"]["original"]),
+             loss(c["loss_start"]["treated"])),
+            (f"loss after {c['steps']} SGD steps", loss(c["loss_final"]["original"]),
+             loss(c["loss_final"]["treated"])),
+            (f"mean loss, last {c['loss_window']} evaluations", loss(c["loss_end"]["original"]),
+             loss(c["loss_end"]["treated"])),
         ]  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [
