@@ -822,6 +822,10 @@ def test_load_model_factory_one_line_errors(tmp_path: Path) -> None:
         r"--model '.*missing.py:build'\)",
     ):
         doctor.load_model_factory(f"{tmp_path / 'missing.py'}:build")
+    text = tmp_path / "model.txt"
+    text.write_text("def build(): pass\n")
+    with pytest.raises(ValueError, match=r"model file '.*model.txt' is not an importable Python "):
+        doctor.load_model_factory(f"{text}:build")
     bad = tmp_path / "bad.py"
     bad.write_text("import does_not_exist_anywhere\n")
     with pytest.raises(
