@@ -116,17 +116,26 @@ def table(times: dict[str, list[float]], steps: int) -> tuple[str, dict[int, flo
 
 
 def append_results(text: str, command: str) -> None:
-    """Append a dated section under the "Monitor overhead" heading of RESULTS.md."""
+    """Add a dated entry at the end of the "Monitor overhead" section of RESULTS.md.
+
+    The section is created at the end of the file the first time; later entries go after the
+    previous ones, before the next section (other benchmarks write their own sections).
+    """
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}"
-    body = (
-        f"\n### {stamp}\n\n`{command}` — {machine}, {torch.get_num_threads()} thread(s)\n\n{text}\n"
+    entry = (
+        f"### {stamp}\n\n`{command}` — {machine}, {torch.get_num_threads()} thread(s)\n\n{text}\n"
     )
     existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    with RESULTS.open("a", encoding="utf-8") as f:
-        if HEADING not in existing:
-            f.write(("\n" if existing and not existing.endswith("\n\n") else "") + HEADING + "\n")
-        f.write(body)
+    start = existing.find(HEADING + "\n")
+    if start < 0:
+        updated = existing.rstrip("\n") + ("\n\n" if existing else "") + HEADING + "\n\n" + entry
+    else:
+        following = existing.find("\n## ", start + len(HEADING))
+        end = len(existing) if following < 0 else following + 1
+        section = existing[:end].rstrip("\n") + "\n\n" + entry
+        updated = section + ("\n" + existing[end:] if end < len(existing) else "")
+    RESULTS.write_text(updated, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

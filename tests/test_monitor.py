@@ -936,3 +936,30 @@ def test_series_rejects_unknown_keys() -> None:
     log = monitor.MonitorLog(path=None, header={}, layers=[], notes=[], records=[])
     with pytest.raises(ValueError, match=r"key must be one of .*got 'grad_std' \(did you mean"):
         log.series("grad_std")
+
+
+def test_wrapping_fit_records_training_steps_with_their_losses(
+    tiny_data: Any, tmp_path: Path
+) -> None:
+    """The wiring of ``steadygrad train --monitor``: watch around fit, losses via on_step_end."""
+    from steadygrad import models, train
+
+    torch.manual_seed(0)
+    model = models.mlp(784, [32, 16], 10, activation="elu", batch_norm="before")
+    losses: dict[int, float] = {}
+
+    def on_step_end(step: int, loss: torch.Tensor) -> None:
+        losses[step - 1] = float(loss)  # fit passes the 1-based count of completed steps
+        mon.log_loss(loss)
+
+    config = train.TrainConfig(epochs=1, batch_size=100, optimizer="sgd", lr=0.05, device="cpu",
+                               progress=False)  # fmt: skip
+    with monitor.watch(model, every=2, out=tmp_path) as mon:
+        train.fit(model, tiny_data, config, on_step_end=on_step_end)
+    steps = len(losses)  # 500 training samples / 100: evaluation forwards are not steps
+    assert steps == 5
+    log = monitor.read(tmp_path)
+    assert log.steps == [0, 2, 4]
+    assert [r.loss for r in log.records] == pytest.approx([losses[s] for s in log.steps])
+    assert [layer.activation for layer in log.layers] == ["elu", "elu", None]
+    assert all(s.update_ratio is not None for s in log.records[1].layers)

@@ -141,6 +141,13 @@ class _Slot:
 class _Entry:
     """What one layer queued on one recorded step."""
 
+    __slots__ = (
+        "act", "act_hist", "activation", "calls", "claimed", "claiming", "dead", "dead_fixed",
+        "dead_units", "grad", "grad_hist", "grad_ref", "in_forward", "internal", "pre",
+        "resolved", "sat", "sat_fixed", "sat_n", "slot", "status", "update", "weight",
+        "weight_grad", "z", "z_moments", "z_node", "z_version",
+    )  # fmt: skip
+
     def __init__(self, slot: _Slot) -> None:
         self.slot = slot
         self.calls = 0
@@ -706,10 +713,13 @@ class Monitor:
     ) -> None:
         grad = grad_outputs[index] if index < len(grad_outputs) else None
         if isinstance(grad, torch.Tensor):
-            self._gradient_hook(state, entry, grad)
+            self._take_gradient(state, entry, grad)
 
     @_guarded
     def _gradient_hook(self, state: _State, entry: _Entry, grad: torch.Tensor) -> None:
+        self._take_gradient(state, entry, grad)
+
+    def _take_gradient(self, state: _State, entry: _Entry, grad: torch.Tensor) -> None:
         if state.finalized or entry.grad_ref is not None:
             return
         entry.grad_ref = grad  # its moments are taken with the weights', when backward ends
