@@ -169,7 +169,7 @@ def test_diverging_run_stops_with_the_non_finite_error(
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model/"))
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["report"], ["doctor"]])
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
@@ -297,3 +297,44 @@ def test_train_with_monitor_records_and_report_renders(
     code, out, err = run_cli(["report", str(run)], capsys)
     assert code == 0, err
     assert (run / "report.html").is_file() and out.strip() == f"wrote {run / 'report.html'}"
+
+
+def test_doctor_names_vanishing_gradients_on_the_tiny_init_preset(
+    tiny_idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        ["doctor", "--preset", "deep-relu-tiny-init", "--data-dir", str(tiny_idx_dir),
+         "--batch-size", "64", "--out", str(tmp_path)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    first = out.split("findings:")[1].strip().splitlines()[0]
+    assert first.startswith("1. [critical] vanishing_gradients")
+    saved = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert saved["findings"][0]["kind"] == "vanishing_gradients" and not saved["healthy"]
+
+
+def test_doctor_on_a_user_model_file(
+    tiny_idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_file = tmp_path / "mymodel.py"
+    model_file.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    layers = []\n"
+        "    for i in range(20):\n"
+        "        lin = torch.nn.Linear(784 if i == 0 else 128, 128)\n"
+        "        torch.nn.init.normal_(lin.weight, 0.0, 1.0)\n"
+        "        layers += [lin, torch.nn.ReLU()]\n"
+        "    return torch.nn.Sequential(*layers, torch.nn.Linear(128, 10))\n"
+    )
+    code, out, err = run_cli(
+        ["doctor", "--model", f"{model_file}:build", "--data-dir", str(tiny_idx_dir),
+         "--batch-size", "64"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "exploding_gradients" in out.split("findings:")[1].strip().splitlines()[0]
+    code, _, err = run_cli(["doctor", "--model", f"{model_file}:buildd"], capsys)
+    assert code == 1 and "build" in err and err.count("\n") == 1

@@ -164,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.set_defaults(func=_cmd_evaluate)
 
+    d = sub.add_parser(
+        "doctor",
+        help="diagnose a network's gradient flow, name the root cause and (with --treat) fix it",
+        description="Probe a network on a batch of real images (one forward and backward plus a "
+        "few SGD steps), print the per-layer table and the findings ordered by severity, each "
+        "with its evidence in numbers and a concrete fix. With --treat, apply the fixes to a "
+        "copy, diagnose it again and train both for --steps steps from the same batches.",
+    )
+    which = d.add_mutually_exclusive_group()
+    which.add_argument("--preset", help="a named network (default: reference); see --list")
+    which.add_argument(
+        "--model", metavar="FILE.py:FACTORY", help="your own model: a file and a function in it"
+    )
+    d.add_argument("--list", action="store_true", help="list the presets and exit")
+    d.add_argument("--data", choices=["fashion-mnist", "mnist"], default="fashion-mnist")
+    d.add_argument("--data-dir", help="folder holding the IDX files")
+    d.add_argument("--batch-size", type=_positive_int, default=256, help="probe batch (256)")
+    d.add_argument("--seed", type=int, default=0, help="seed for the batch and the probe")
+    d.add_argument("--treat", action="store_true", help="apply the fixes to a copy and verify")
+    d.add_argument(
+        "--steps", type=_positive_int, default=50, help="training steps for --treat's check (50)"
+    )
+    d.add_argument("--out", help="write diagnosis.json (and treatment.json, treated model) here")
+    d.set_defaults(func=_cmd_doctor)
+
     r = sub.add_parser(
         "report",
         help="render a run's recorded monitor data as an HTML page with figures",
@@ -385,6 +410,50 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"{len(dataset.test)} {run['data']['name']} test images, {path.name}, "
         f"epoch {meta.get('epoch', '?')})"
     )
+    return 0
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from steadygrad import checkpoint, doctor, models
+
+    if args.list:
+        for name in sorted(models.PRESETS):
+            print(name)
+        return 0
+    torch.manual_seed(args.seed)
+    if args.model:
+        model = doctor.load_model_factory(args.model)
+        label = args.model
+    else:
+        label = args.preset or "reference"
+        model = models.preset(label)
+    batch = doctor.data_batch(args.data, args.batch_size, seed=args.seed, root=args.data_dir)
+    diagnosis = doctor.diagnose(model, batch, seed=args.seed)
+    print(f"doctor: {label} on {args.batch_size} {args.data} training images")
+    print(diagnosis)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "diagnosis.json", diagnosis.to_dict())
+    if args.treat:
+        if diagnosis.healthy:
+            print("nothing to treat: the network is healthy")
+            return 0
+        treatment = doctor.treat(model, diagnosis, batch, args.steps, seed=args.seed)
+        print(treatment)
+        if out is not None:
+            _write_json(out / "treatment.json", treatment.to_dict())
+            tensors, meta = checkpoint.pack_state(
+                treatment.model,
+                None,
+                extra_meta={"model_config": getattr(treatment.model, "config", None)},
+            )
+            checkpoint.save(out / "treated.safetensors", tensors, meta)
+    if out is not None:
+        print(f"wrote {out}")
     return 0
 
 
