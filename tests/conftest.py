@@ -33,12 +33,12 @@ import numpy as np
 import pytest
 import torch
 
-# Two cores: with pytest-xdist's 2 workers, torch's default of 2 intra-op threads per process
-# oversubscribes the CPU, and OpenMP spin-waiting then makes small matmuls 20× slower.
-# One thread per worker (and per subprocess the tests start) keeps the suite fast and stable.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
+# Two cores: with pytest-xdist's 2 workers (or anything else running), torch's default of 2
+# intra-op threads per process oversubscribes the CPU, and OpenMP spin-waiting then makes small
+# matmuls 20× slower. One thread per test process (and per subprocess the tests start) keeps the
+# suite fast and stable.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 TINY_TRAIN = 600
 TINY_TEST = 100
