@@ -54,7 +54,7 @@ from rich.progress import (
 from rich.text import Text
 from torch import nn
 
-from steadygrad import checkpoint
+from steadygrad import checkpoint, fast
 from steadygrad.data import Dataset, Split
 from steadygrad.errors import CheckpointError, RunLocked, TrainingDiverged
 
@@ -102,6 +102,7 @@ class TrainConfig:
     eval_batch_size: int = 10_000  # evaluation chunks (bounds memory, not results)
     progress: bool | None = None  # progress bar; None = only when stderr is a terminal
     progress_every: int = 50  # steps between progress-bar loss reads (each one is a host sync)
+    fast: bool = True  # steadygrad.fast's hand-written step where it applies (equal to rounding)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, stored with the run
 
     def __post_init__(self) -> None:
@@ -415,6 +416,21 @@ def _fit(
     _check_output_shape(model, train)
 
     optimizer = make_optimizer(iter(list(model.parameters())), cfg)
+    # The fast step computes the same update without autograd (see steadygrad.fast); it falls
+    # back to the plain step by itself whenever a call cannot be taken fast (hooks, e.g.).
+    fast_step = fast.make_step(model, optimizer) if cfg.fast else None
+
+    def plain_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        return loss.detach(), logits.detach()
+
+    take_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
+        fast_step if fast_step is not None else plain_step
+    )
     shuffle = torch.Generator(device="cpu").manual_seed(cfg.seed)
     epoch_start_rng = shuffle.get_state()
     progress = _Progress()
@@ -493,16 +509,12 @@ def _fit(
                 idx = perm[lo:hi]
                 x = train.images.index_select(0, idx)
                 y = train.labels.index_select(0, idx)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                sums.add(loss.detach(), logits.detach(), y, progress.step)
+                loss, logits = take_step(x, y)
+                sums.add(loss, logits, y, progress.step)
                 progress.step += 1
                 progress.step_in_epoch = k + 1
                 if on_step_end is not None:
-                    on_step_end(progress.step, loss.detach())
+                    on_step_end(progress.step, loss)
                 if show and (k + 1) % cfg.progress_every == 0:
                     bar.update(task, k + 1, sums.running_loss())
                 if catcher.signum is not None:
@@ -523,6 +535,7 @@ def _fit(
                 _diagnose_divergence(
                     model,
                     optimizer,
+                    take_step,
                     train,
                     plan,
                     perm,
@@ -587,7 +600,16 @@ def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> No
     result is then no longer identical to an uninterrupted run), and options that do not affect
     the numbers (progress, device, out, eval_batch_size).
     """
-    ignore = {"epochs", "lr", "progress", "progress_every", "device", "out", "eval_batch_size"}
+    ignore = {
+        "epochs",
+        "lr",
+        "progress",
+        "progress_every",
+        "device",
+        "out",
+        "eval_batch_size",
+        "fast",
+    }
     current = cfg.to_dict()
     changed = [k for k in current if k not in ignore and k in stored and stored[k] != current[k]]
     if changed:
@@ -673,6 +695,7 @@ def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, snap: _Snapshot
 def _diagnose_divergence(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    take_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     train: Split,
     plan: list[tuple[int, int]],
     perm: torch.Tensor,
@@ -685,9 +708,10 @@ def _diagnose_divergence(
 ) -> None:
     """Replay the epoch with per-step checks to name the first non-finite step and layer.
 
-    Training is deterministic, so the replay walks the same path as the fast loop did; it stops at
-    the first step whose loss or gradient is non-finite, restores nothing further and raises.
-    The model is left at its epoch-start state (the last good one).
+    Training is deterministic and the replay takes the same steps (``take_step``, which leaves
+    each step's gradients in ``.grad``), so it walks the same path as the loop did; it stops at
+    the first step whose loss or gradient is non-finite and raises. The model is left at the
+    replay's start state (the last good one).
     """
     snapshot = _snapshot(model, optimizer)
     found_step, layer, loss_value = bad_step, None, float("nan")
@@ -696,15 +720,12 @@ def _diagnose_divergence(
         idx = perm[lo:hi]
         x = train.images.index_select(0, idx)
         y = train.labels.index_select(0, idx)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss, _ = take_step(x, y)
         layer = _first_nonfinite_grad(model)
         loss_value = float(loss.item())
         if layer is not None or not math.isfinite(loss_value):
             found_step = start_step + k - start_k
             break
-        optimizer.step()
     else:  # the replay stayed finite: something outside the training step changed the model
         layer, loss_value = None, float("nan")
     _restore(model, optimizer, snapshot)
