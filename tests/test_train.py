@@ -282,9 +282,14 @@ def test_fast_and_plain_paths_train_to_the_same_weights(optimizer: str) -> None:
     ha = fit(a, data, cfg(optimizer=optimizer, lr=0.01, epochs=2, fast=True))
     hb = fit(b, data, cfg(optimizer=optimizer, lr=0.01, epochs=2, fast=False))
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        if k == "0.bias" and optimizer == "adam":
+        if k in ("0.bias", "1.running_mean") and optimizer == "adam":
             # The bias in front of BatchNorm has a true gradient of 0 (BN subtracts the batch
-            # mean); its computed gradient is rounding noise, which Adam normalises to ±lr steps.
+            # mean); its computed gradient is rounding noise, which Adam normalises to ±lr steps,
+            # and BN's moving mean follows that bias. Their difference (what eval uses) agrees.
             continue
         torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
     assert ha[-1]["train_loss"] == pytest.approx(hb[-1]["train_loss"], rel=1e-5)
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(a(data.test.images), b(data.test.images), rtol=1e-4, atol=1e-4)
