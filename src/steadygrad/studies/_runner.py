@@ -1,0 +1,451 @@
+"""Run a grid of :data:`RunSpec` on worker processes, with a content-addressed result cache.
+
+A run is a JSON-able dict (a :data:`RunSpec`) naming its ``task`` (see :mod:`._tasks`) and every
+setting it depends on. Its result is cached as JSON under ``<cache>/<key>.json`` with
+
+    key = sha256(canonical JSON of {"spec": spec, "code": code_version()})
+
+(canonical: sorted keys, no whitespace, ASCII). :func:`code_version` hashes the source of every
+module a run executes, plus the torch version, so editing the library invalidates the cache and
+editing a verdict or a figure does not. Entries are written atomically (temporary file in the
+cache folder, fsync, rename, fsync of the folder) by the process that computed the run, and only
+for its own key; the grid is de-duplicated first, so no two writers ever target one entry.
+A runner that is killed leaves finished entries intact and at most one temporary file per worker;
+the next call skips the finished runs (resume) and removes temporary files of dead processes.
+
+Workers: ``workers=1`` runs in the calling process; more use a
+:class:`concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method (no inherited
+threads or locks from the parent), each worker setting ``torch.set_num_threads(1)``: on a 2-core
+machine two processes with two OpenMP threads each oversubscribe the cores and run ~20× slower.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from steadygrad.errors import SteadygradError
+
+__all__ = [
+    "CACHE_FORMAT",
+    "RunRecord",
+    "RunSpec",
+    "StudyRunError",
+    "canonical_json",
+    "code_version",
+    "run_grid",
+    "spec_key",
+]
+
+RunSpec = dict[str, Any]
+"""One run: a JSON-able dict with a ``"task"`` name and every setting the result depends on."""
+
+CACHE_FORMAT = "steadygrad.study-run/1"
+"""Value of ``"format"`` in every cache entry."""
+
+# Modules whose source decides what a run computes (relative to the steadygrad package).
+_CODE_FILES = (
+    "__init__.py",
+    "activations.py",
+    "data.py",
+    "init.py",
+    "models.py",
+    "nn.py",
+    "train.py",
+    "monitor",
+    "studies/_tasks.py",
+)
+
+
+class StudyRunError(SteadygradError):
+    """A run of a study's grid raised; finished runs stay cached, so a rerun resumes."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run: its ``spec``, cache ``key``, ``result`` (the task's JSON output),
+    ``seconds`` it took, the ``pid`` and torch ``threads`` of the process that ran it, and whether
+    this call read it from the cache (``cached``)."""
+
+    spec: RunSpec
+    key: str
+    result: dict[str, Any]
+    seconds: float
+    pid: int
+    threads: int
+    cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (what ``<study>.json`` stores per run)."""
+        return {
+            "key": self.key,
+            "spec": self.spec,
+            "result": self.result,
+            "seconds": self.seconds,
+            "pid": self.pid,
+            "threads": self.threads,
+            "cached": self.cached,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            spec=dict(data["spec"]),
+            key=str(data["key"]),
+            result=dict(data["result"]),
+            seconds=float(data["seconds"]),
+            pid=int(data["pid"]),
+            threads=int(data["threads"]),
+            cached=bool(data["cached"]),
+        )
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys, no whitespace, ASCII only, finite numbers only.
+
+    Raises:
+        TypeError: ``value`` holds something JSON cannot represent (named in the message).
+        ValueError: ``value`` holds NaN or infinity (they have no canonical JSON form).
+    """
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except TypeError as error:
+        raise TypeError(
+            f"run spec must be JSON-able (dicts, lists, str, numbers): {error}"
+        ) from None
+    except ValueError as error:
+        raise ValueError(f"run spec must not contain NaN or infinity: {error}") from None
+
+
+@cache
+def code_version() -> str:
+    """sha256 (16 hex digits) of the source of the modules a run executes and torch's version.
+
+    Covers ``activations``, ``data``, ``init``, ``models``, ``nn``, ``train``, ``monitor`` and the
+    studies' tasks: a change there can change a result, so it changes every cache key.
+    """
+    import torch
+
+    import steadygrad
+
+    root = Path(steadygrad.__file__).parent
+    digest = hashlib.sha256()
+    digest.update(f"torch {torch.__version__}\n".encode())
+    for name in _CODE_FILES:
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode() + b"\n")
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def spec_key(spec: RunSpec) -> str:
+    """The cache key of ``spec``: sha256 of canonical ``{"spec": spec, "code": code_version()}``."""
+    _check_spec(spec)
+    payload = canonical_json({"spec": spec, "code": code_version()})
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def _check_spec(spec: object) -> None:
+    if not isinstance(spec, dict):
+        raise TypeError(f"run spec must be a dict; got {type(spec).__name__}")
+    task = spec.get("task")
+    from steadygrad.studies._tasks import TASKS, task_names
+
+    if task not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(str(task), task_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"run spec 'task' must be one of {', '.join(map(repr, task_names()))}; "
+            f"got {task!r}{hint}"
+        )
+
+
+# --------------------------------------------------------------------------- cache entries
+
+
+def _entry_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}.json"
+
+
+def _read_entry(cache_dir: Path, key: str, spec: RunSpec) -> RunRecord | None:
+    """The cached record of ``spec``, or None when absent, unreadable or for another spec."""
+    path = _entry_path(cache_dir, key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # absent, or torn by something other than our atomic writer: recompute
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != CACHE_FORMAT
+        or data.get("key") != key
+        or canonical_json(data.get("spec")) != canonical_json(spec)
+        or not isinstance(data.get("result"), dict)
+    ):
+        return None
+    return RunRecord(
+        spec=spec,
+        key=key,
+        result=data["result"],
+        seconds=float(data.get("seconds", 0.0)),
+        pid=int(data.get("pid", 0)),
+        threads=int(data.get("threads", 0)),
+        cached=True,
+    )
+
+
+def _write_entry(cache_dir: Path, record: RunRecord) -> None:
+    """Write ``record`` to ``<cache>/<key>.json`` atomically: tmp + fsync + rename + dir fsync."""
+    entry = {
+        "format": CACHE_FORMAT,
+        "key": record.key,
+        "code": code_version(),
+        "spec": record.spec,
+        "result": record.result,
+        "seconds": record.seconds,
+        "pid": record.pid,
+        "threads": record.threads,
+    }
+    # Results may hold NaN/inf (a diverged loss): Python's JSON reads them back.
+    data = json.dumps(entry, sort_keys=True).encode("utf-8")
+    target = _entry_path(cache_dir, record.key)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{record.key}.", suffix=f".tmp-{os.getpid()}", dir=cache_dir
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # directory fsync is not supported everywhere
+        dir_fd = os.open(cache_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Remove temporary files left by writers that were killed (their pid is gone)."""
+    for tmp in cache_dir.glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def _worker_init() -> None:
+    """Each worker process: one torch thread (two per process oversubscribe 2 cores)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def _execute(spec: RunSpec, key: str, cache_dir: str) -> RunRecord:
+    """Run one spec in this process, write its cache entry, return the record."""
+    import torch
+
+    from steadygrad.studies._tasks import TASKS
+
+    started = time.perf_counter()
+    result = TASKS[spec["task"]](spec)
+    record = RunRecord(
+        spec=spec,
+        key=key,
+        result=result,
+        seconds=round(time.perf_counter() - started, 3),
+        pid=os.getpid(),
+        threads=torch.get_num_threads(),
+        cached=False,
+    )
+    _write_entry(Path(cache_dir), record)
+    return record
+
+
+@contextlib.contextmanager
+def _progress(show: bool, label: str, total: int, done: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on a terminal stderr (nothing otherwise); yields ``advance()``."""
+    if not show:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total, completed=done)
+        yield lambda: bar.advance(task)
+
+
+def _check_workers(workers: object) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer (1 runs in-process); got {workers!r}")
+    return workers
+
+
+def run_grid(
+    specs: Sequence[RunSpec],
+    cache: str | os.PathLike[str],
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    label: str = "runs",
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """Run every spec not already cached; return one :class:`RunRecord` per spec, in order.
+
+    Identical specs are run once. ``workers=1`` runs in this process; more start that many
+    ``spawn`` worker processes (one torch thread each). ``progress`` shows a rich bar when stderr
+    is a terminal. ``on_record`` is called in this process with each record as it finishes
+    (cached ones first).
+
+    Raises:
+        ValueError, TypeError: a bad spec (unknown task, not JSON-able) or ``workers``.
+        StudyRunError: a run raised; runs finished before it stay cached.
+    """
+    workers = _check_workers(workers)
+    cache_dir = Path(cache)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache_dir)
+    keys = [spec_key(spec) for spec in specs]
+    records: dict[str, RunRecord] = {}
+    todo: dict[str, RunSpec] = {}
+    for spec, key in zip(specs, keys, strict=True):
+        if key in records or key in todo:
+            continue
+        hit = _read_entry(cache_dir, key, spec)
+        if hit is None:
+            todo[key] = spec
+        else:
+            records[key] = hit
+            if on_record is not None:
+                on_record(hit)
+    show = progress and sys.stderr.isatty()
+    with _progress(show, label, len(records) + len(todo), len(records)) as advance:
+        if workers == 1 or len(todo) <= 1:
+            for key, spec in todo.items():
+                records[key] = _run_here(spec, key, cache_dir)
+                advance()
+                if on_record is not None:
+                    on_record(records[key])
+        elif todo:
+            _run_pool(todo, cache_dir, min(workers, len(todo)), records, advance, on_record)
+    return [records[key] for key in keys]
+
+
+def _describe(spec: RunSpec) -> str:
+    text = canonical_json(spec)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _run_here(spec: RunSpec, key: str, cache_dir: Path) -> RunRecord:
+    """Run in this process with one torch thread, as a worker would (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _execute(spec, key, str(cache_dir))
+    except (KeyboardInterrupt, SteadygradError):
+        raise
+    except Exception as error:
+        raise StudyRunError(
+            f"run {key[:12]} failed: {type(error).__name__}: {error} (spec {_describe(spec)})"
+        ) from error
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_pool(
+    todo: Mapping[str, RunSpec],
+    cache_dir: Path,
+    workers: int,
+    records: dict[str, RunRecord],
+    advance: Callable[[], None],
+    on_record: Callable[[RunRecord], None] | None,
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_init
+    )
+    try:
+        futures = {
+            pool.submit(_execute, spec, key, str(cache_dir)): key for key, spec in todo.items()
+        }
+        for future in concurrent.futures.as_completed(futures):
+            key = futures[future]
+            try:
+                record = future.result()
+            except concurrent.futures.process.BrokenProcessPool as error:
+                raise StudyRunError(
+                    f"a worker process died while running {key[:12]} (killed, out of memory, or a "
+                    "script that starts studies without an `if __name__ == '__main__':` guard, "
+                    "which spawned workers need); finished runs are cached, rerun to resume"
+                ) from error
+            except Exception as error:
+                raise StudyRunError(
+                    f"run {key[:12]} failed in a worker: {type(error).__name__}: {error} "
+                    f"(spec {_describe(todo[key])})"
+                ) from error
+            records[key] = record
+            advance()
+            if on_record is not None:
+                on_record(record)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
