@@ -169,7 +169,9 @@ def test_diverging_run_stops_with_the_non_finite_error(
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model/"))
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["report"], ["doctor"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["evaluate"], ["report"], ["doctor"], ["study"]]
+)
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
@@ -338,3 +340,24 @@ def test_doctor_on_a_user_model_file(
     assert "exploding_gradients" in out.split("findings:")[1].strip().splitlines()[0]
     code, _, err = run_cli(["doctor", "--model", f"{model_file}:buildd"], capsys)
     assert code == 1 and "build" in err and err.count("\n") == 1
+
+
+def test_study_quick_writes_json_and_report_and_prints_verdicts(
+    tiny_idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        ["study", "elu-vs-relu", "--quick", "--workers", "1", "--out", str(tmp_path),
+         "--data-dir", str(tiny_idx_dir)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "elu-vs-relu.json").is_file() and (tmp_path / "report.html").is_file()
+    statuses = {line.split()[1] for line in out.splitlines() if line.startswith("elu-vs-relu")}
+    assert statuses and statuses <= {"confirmed", "refuted", "inconclusive"}
+
+
+def test_study_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["study", "elu-vs-rel"], capsys)
+    assert code == 1 and "elu-vs-relu" in err and err.count("\n") == 1
+    code, _, err = run_cli(["study"], capsys)
+    assert code == 1 and "study needs a NAME or 'all'" in err
