@@ -271,11 +271,13 @@ def test_twenty_steps_match_the_default_optimizer(name: str) -> None:
 
 
 def test_torch_sequential_of_torch_modules() -> None:
-    """The plain-PyTorch reference network (nn.Linear, nn.BatchNorm1d, nn.ELU) is supported too."""
+    """The plain-PyTorch reference network (nn.Linear, nn.BatchNorm1d, nn.ELU) is supported too,
+    behind the nn.Flatten a PyTorch MNIST model starts with."""
 
     def build() -> nn.Sequential:
         torch.manual_seed(5)
         return nn.Sequential(
+            nn.Flatten(),
             nn.Linear(IN, 10),
             nn.BatchNorm1d(10, momentum=0.1, eps=1e-3),
             nn.ELU(),
@@ -499,6 +501,11 @@ def _unsupported_cases() -> list[tuple[str, Callable[[], tuple[nn.Module, Any]],
             r"layer '1': Dropout is not a supported activation; supported: Linear/Dense",
         ),
         ("not sequential", lambda: with_opt(nn.Linear(IN, OUT)), "must be an nn.Sequential"),
+        (
+            "flatten dims",
+            lambda: with_opt(nn.Sequential(nn.Flatten(0), nn.Linear(IN, OUT))),
+            "layer '0': Flatten is not a supported activation",
+        ),
         ("forward", lambda: with_opt(Residual(nn.Linear(IN, IN))), "Residual overrides Sequential"),
         (
             "cumulative bn",

@@ -247,6 +247,9 @@ def _activation_layer(module: nn.Module) -> _Activation | str | None:
     kind = type(module)
     if kind in (nn.Identity, activations.Identity):
         return None
+    flat_2d = isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) == (1, -1)
+    if kind is nn.Flatten and flat_2d:
+        return None  # the identity on the (batch, features) inputs the step takes
     if kind in (nn.ReLU, activations.ReLU):
         return _Activation(
             "relu", torch.relu, lambda g, z, a: _aten.threshold_backward.default(g, a, 0)
@@ -302,7 +305,7 @@ def _activation_layer(module: nn.Module) -> _Activation | str | None:
 
 _SUPPORTED: Final = (
     "Linear/Dense, BatchNorm/BatchNorm1d, and activations relu, leaky_relu, elu, selu, sigmoid, "
-    "tanh, gelu, silu, softplus, identity"
+    "tanh, gelu, silu, softplus, identity (and Flatten)"
 )
 
 
