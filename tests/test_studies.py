@@ -277,6 +277,14 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path, tiny_idx_
     assert mine.exists()
 
 
+def test_progress_is_silent_when_stderr_is_not_a_terminal(
+    tiny_idx_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run_grid([profile_spec(tiny_idx_dir)], tmp_path, workers=1, progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
 def test_worker_count_errors(tiny_idx_dir: Path, tmp_path: Path) -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match=rf"workers must be a positive integer.*got {bad!r}"):

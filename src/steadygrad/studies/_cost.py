@@ -7,7 +7,7 @@ and folds into the preceding layer: W' = W · γ/√(σ² + ε), b' = (b − μ)
 (:func:`steadygrad.nn.fold_batchnorm`; Jacob et al. 2018, §3.2), which removes its cost.
 
 Measured in one process, one torch thread: the seed's network 784 → 300 → 100 → 10 with ReLU,
-ELU, ReLU + BN and ELU + BN (BN before each hidden activation), the CPU time of 30 training steps
+ELU, ReLU + BN and ELU + BN (BN before each hidden activation), the CPU time of 50 training steps
 (batch 50, the seed's) and of 10 inference passes over 1,000 test images, in interleaved repeats
 whose order is shuffled each time, so that load changes hit every variant alike. CPU time of the
 process rather than wall time: on a shared machine wall time also counts the time other processes
@@ -48,7 +48,7 @@ def _net(activation: str, bn: bool, hidden: list[int]) -> dict[str, Any]:
 def grid(options: Options) -> list[RunSpec]:
     """One timing run per seed (each with its own interleaved repeats).
 
-    Full: 60 repeats of 30 training steps and 10 inference passes over 1,000 images. Quick: a
+    Full: 100 repeats of 50 training steps and 10 inference passes over 1,000 images. Quick: a
     784 → 32 → 16 → 10 network, 5 repeats of 3 steps and 2 passes over 100 images.
     """
     q = options.quick
@@ -68,11 +68,11 @@ def grid(options: Options) -> list[RunSpec]:
                 "fold": ["relu+bn", "elu+bn"],
                 "data": options.data(train=2_500 if not q else 150, test=1_000 if not q else 100),
                 "batch_size": 50,
-                "steps": 3 if q else 30,
+                "steps": 3 if q else 50,
                 "inference_batch": 100 if q else 1_000,
                 "passes": 2 if q else 10,
                 "warmup": 1 if q else 3,
-                "repeats": 5 if q else 60,
+                "repeats": 5 if q else 100,
                 "seed": seed,
                 "quick": q,
             }
@@ -215,7 +215,7 @@ def figure_times(results: Results) -> Figure:
         ax.axhline(1.0, color="0.5", ls=":", lw=1)
         ax.set_ylabel("time / median ReLU time")
         ax.set_title(
-            "30 training steps (batch 50)" if kind == "train" else "10 passes over 1,000 images"
+            "50 training steps (batch 50)" if kind == "train" else "10 passes over 1,000 images"
         )
     return fig
 
@@ -252,8 +252,8 @@ STUDY = Study(
     setup=(
         "the seed's 784 → 300 → 100 → 10 network (He init) with ReLU, ELU, ReLU + BN, ELU + BN "
         "(BN momentum 0.9 before each hidden activation) and the folded copies of the BN "
-        "networks (after 3 warm-up blocks of 30 steps, so the moving statistics are not "
-        "trivial); 60 interleaved repeats, shuffled, of 30 SGD steps (batch 50) and of 10 "
+        "networks (after 3 warm-up blocks of 50 steps, so the moving statistics are not "
+        "trivial); 100 interleaved repeats, shuffled, of 50 SGD steps (batch 50) and of 10 "
         "inference passes over 1,000 test images, one torch thread, CPU time of the process. "
         "Times depend on the machine; the ratios are what the claims use. Quick: 784 → 32 → "
         "16 → 10, 5 repeats."
