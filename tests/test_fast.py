@@ -310,6 +310,25 @@ def test_eval_mode_batchnorm_and_float64() -> None:
     assert int(fast_model.hidden1_bn.num_batches_tracked) == 5
 
 
+def test_model_cast_after_make_step() -> None:
+    """model.double() after make_step: the step follows the parameters' new dtype."""
+    batches = data(6)
+    m, ref = model(), model().double()
+    step = make_step(m, torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9))
+    assert step is not None
+    run_fast(step, [(x, y) for x, y in batches[:3]])
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, fused=True)
+    ref.load_state_dict(m.state_dict())
+    ref_opt.load_state_dict(step.optimizer_state())
+    ref_opt.param_groups[0]["fused"] = True
+    m.double()
+    for state in step.optimizer.state.values():
+        state["momentum_buffer"] = state["momentum_buffer"].double()
+    later = [(x.double(), y) for x, y in batches[3:]]
+    assert run_fast(step, later) == run_plain(ref, ref_opt, later)
+    assert_same_state(m, ref)
+
+
 def test_deterministic_and_returns_fresh_tensors() -> None:
     runs = []
     for _ in range(2):
@@ -487,6 +506,14 @@ def _unsupported_cases() -> list[tuple[str, Callable[[], tuple[nn.Module, Any]],
         params = list(m.parameters())
         return m, torch.optim.SGD([{"params": params[:2]}, {"params": params[2:]}], lr=0.1)
 
+    def tied() -> tuple[nn.Module, torch.optim.Optimizer]:
+        first, second = nn.Linear(IN, IN), nn.Linear(IN, IN)
+        second.weight = first.weight
+        return with_opt(nn.Sequential(first, nn.Tanh(), second))
+
+    def prelu_inside_dense() -> tuple[nn.Module, torch.optim.Optimizer]:
+        return with_opt(model("prelu", batch_norm=None))
+
     def hooked() -> tuple[nn.Module, torch.optim.Optimizer]:
         m = model()
         m.hidden2.register_forward_hook(lambda *args: None)
@@ -498,13 +525,13 @@ def _unsupported_cases() -> list[tuple[str, Callable[[], tuple[nn.Module, Any]],
         (
             "dropout",
             lambda: with_opt(nn.Sequential(nn.Linear(IN, 8), nn.Dropout(0.5), nn.Linear(8, OUT))),
-            r"layer '1': Dropout is not a supported activation; supported: Linear/Dense",
+            r"layer '1': Dropout is not supported; supported: Linear/Dense",
         ),
         ("not sequential", lambda: with_opt(nn.Linear(IN, OUT)), "must be an nn.Sequential"),
         (
             "flatten dims",
             lambda: with_opt(nn.Sequential(nn.Flatten(0), nn.Linear(IN, OUT))),
-            "layer '0': Flatten is not a supported activation",
+            "layer '0': Flatten is not supported",
         ),
         ("forward", lambda: with_opt(Residual(nn.Linear(IN, IN))), "Residual overrides Sequential"),
         (
@@ -513,6 +540,8 @@ def _unsupported_cases() -> list[tuple[str, Callable[[], tuple[nn.Module, Any]],
             r"BatchNorm1d with momentum=None",
         ),
         ("no params", lambda: (nn.Sequential(nn.ReLU()), None), "no trainable layer"),
+        ("tied", tied, r"parameter '2.weight' is shared by two layers \(tied weights\)"),
+        ("prelu in dense", prelu_inside_dense, r"layer 'hidden1' \(activation\): PReLU has"),
         ("frozen", frozen, "parameter 'hidden1.weight' does not require grad"),
         ("groups", two_groups, "2 parameter groups; one is supported"),
         (

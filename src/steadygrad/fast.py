@@ -158,9 +158,6 @@ class _BatchNorm(_Layer):
         self.weight = module.weight
         self.bias = module.bias
         self.has_params = self.weight is not None or self.bias is not None
-        self.running_mean: Tensor | None = module.running_mean
-        self.running_var: Tensor | None = module.running_var
-        self.num_batches_tracked: Tensor | None = module.num_batches_tracked
         self.eps = float(module.eps)
         if isinstance(module, BatchNorm):
             self.factor = 1.0 - module.momentum  # Keras convention → torch's averaging factor
@@ -174,15 +171,17 @@ class _BatchNorm(_Layer):
         self.saved: tuple[Tensor, Tensor, Tensor, bool] | None = None
 
     def forward(self, h: Tensor) -> Tensor:
-        training = self.module.training or self.always_batch_stats
+        module = self.module
+        training = module.training or self.always_batch_stats
         # Updates the moving statistics in place in train mode, exactly as F.batch_norm does:
-        # moving ← (1 − f) moving + f batch (unbiased variance for the moving one).
+        # moving ← (1 − f) moving + f batch (unbiased variance for the moving one). Buffers are
+        # read from the module each time: module.to(...) replaces them.
         z, mean, invstd = torch.native_batch_norm(
             h,
             self.weight,
             self.bias,
-            self.running_mean,
-            self.running_var,
+            module.running_mean,
+            module.running_var,
             training,
             self.factor,
             self.eps,
@@ -198,8 +197,8 @@ class _BatchNorm(_Layer):
             g,
             h,
             self.weight,
-            self.running_mean,
-            self.running_var,
+            self.module.running_mean,
+            self.module.running_var,
             mean,
             invstd,
             training,
@@ -300,7 +299,7 @@ def _activation_layer(module: nn.Module) -> _Activation | str | None:
         return "PReLU has a learned slope"
     if isinstance(module, nn.RReLU):
         return "RReLU draws a random slope per element in training"
-    return f"{kind.__name__} is not a supported activation"
+    return f"{kind.__name__} is not supported"
 
 
 _SUPPORTED: Final = (
@@ -327,7 +326,7 @@ def _build_layers(model: nn.Module) -> list[_Layer] | str:
             if inner is not None:
                 built = _activation_layer(inner)
                 if isinstance(built, str):
-                    return f"layer {name!r}: {built}; supported: {_SUPPORTED}"
+                    return f"layer {name!r} (activation): {built}; supported: {_SUPPORTED}"
                 if built is not None:
                     layers.append(built)
         elif kind in (BatchNorm, nn.BatchNorm1d):
@@ -343,6 +342,13 @@ def _build_layers(model: nn.Module) -> list[_Layer] | str:
                 layers.append(built)
     if not any(layer.has_params for layer in layers):
         return "the model has no trainable layer"
+    # Each layer writes (not adds) its gradients into p.grad: a parameter used by two layers
+    # (tied weights) would keep only the last one's.
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            return f"parameter {name!r} is shared by two layers (tied weights)"
+        seen.add(id(p))
     seen_params = False
     for layer in layers:
         layer.needs_input_grad = seen_params
@@ -483,16 +489,13 @@ class FastStep:
         self._params: list[Tensor] = list(model.parameters())
         self._modules = [m for _, m in model.named_modules()]
         self._batch_norms = [layer for layer in built if isinstance(layer, _BatchNorm)]
-        first = self._params[0]
         self._in_features = _input_width(built)
-        self._dtype = first.dtype
-        self._device = first.device
-        self._one = torch.ones((), dtype=first.dtype, device=first.device)
         self._grads: list[Tensor] = []
         self._state: object = None  # the optimizer.state object the lists below were taken from
         self._state_lists: list[list[Tensor]] = []
         self._flat_steps = torch.zeros(0)
         self._first_momentum_step = False
+        self._place()
         self.fast_calls = 0
         self.plain_calls = 0
         self.last_fallback: str | None = None
@@ -510,9 +513,9 @@ class FastStep:
             self._link_grads()
             # BatchNorm counts its training batches (all layers with one foreach call)
             counters = [
-                bn.num_batches_tracked
+                bn.module.num_batches_tracked
                 for bn in self._batch_norms
-                if bn.num_batches_tracked is not None and bn.module.training
+                if bn.module.training and bn.module.num_batches_tracked is not None
             ]
             if counters:
                 torch._foreach_add_(counters, 1)
@@ -541,9 +544,22 @@ class FastStep:
 
     # -- when to take the plain step
 
+    def _place(self) -> None:
+        """Take dtype and device from the parameters (again after ``model.to(...)``)."""
+        first = self._params[0]
+        self._dtype = first.dtype
+        self._device = first.device
+        self._one = torch.ones((), dtype=first.dtype, device=first.device)
+        self._grads = []
+        self._state = None
+
     def _fallback_reason(self, x: Tensor, y: Tensor) -> str | None:
         if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
             return f"inputs of shape {tuple(x.shape)} and labels {tuple(y.shape)}"
+        if x.dtype != self._dtype or x.device != self._device:
+            first = self._params[0]
+            if first.dtype != self._dtype or first.device != self._device:
+                self._place()  # the model was moved or cast since the last call
         if x.dtype != self._dtype or x.device != self._device or y.dtype != torch.int64:
             return f"inputs {x.dtype} on {x.device}, labels {y.dtype}, model {self._dtype}"
         if x.shape[1] != self._in_features:
