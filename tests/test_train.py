@@ -212,6 +212,7 @@ def test_model_output_shape_is_checked() -> None:
         ("batch_size", 2.5, "batch_size must be a positive integer; got 2.5"),
         ("seed", -1, "seed must be a non-negative integer; got -1"),
         ("momentum", 1.0, "momentum must be < 1.0; got 1.0"),
+        ("threads", 0, "threads must be a positive integer or None; got 0"),
     ],
 )
 def test_config_errors_name_the_field(field: str, value: object, message: str) -> None:
@@ -293,3 +294,15 @@ def test_fast_and_plain_paths_train_to_the_same_weights(optimizer: str) -> None:
     b.eval()
     with torch.no_grad():
         torch.testing.assert_close(a(data.test.images), b(data.test.images), rtol=1e-3, atol=2e-3)
+
+
+def test_threads_option_applies_during_fit_and_is_restored() -> None:
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    fit(
+        toy_model(),
+        toy_data(),
+        cfg(epochs=1, threads=3),
+        on_step_end=lambda s, l: seen.append(torch.get_num_threads()),
+    )
+    assert set(seen) == {3} and torch.get_num_threads() == before

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=_positive_float, help="learning rate (default 0.001)")
     g.add_argument("--seed", type=int, help="seed for initialization and shuffling (default 42)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument(
+        "--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice)"
+    )
     g.add_argument("--out", help="run folder (default runs/<preset>)")
     g.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
@@ -307,7 +310,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     if args.resume:
         run = _read_run_config(out)
         train_dict = dict(run["train"])
-        for key in ("epochs", "lr", "device"):
+        for key in ("epochs", "lr", "device", "threads"):
             if getattr(args, key) is not None:
                 train_dict[key] = getattr(args, key)
         model_config, data_config = run["model"], run["data"]
@@ -320,7 +323,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         model_config = _model_config(args)
         data_config = _data_config(args, model_config)
         train_dict = TrainConfig().to_dict()
-        for key in ("epochs", "batch_size", "optimizer", "lr", "seed", "device"):
+        for key in ("epochs", "batch_size", "optimizer", "lr", "seed", "device", "threads"):
             if getattr(args, key) is not None:
                 train_dict[key] = getattr(args, key)
     train_dict["out"] = str(out)

@@ -103,6 +103,7 @@ class TrainConfig:
     progress: bool | None = None  # progress bar; None = only when stderr is a terminal
     progress_every: int = 50  # steps between progress-bar loss reads (each one is a host sync)
     fast: bool = True  # steadygrad.fast's hand-written step where it applies (equal to rounding)
+    threads: int | None = None  # torch intra-op threads while training; None keeps torch's
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, stored with the run
 
     def __post_init__(self) -> None:
@@ -118,6 +119,10 @@ class TrainConfig:
         _check_number("lr", self.lr, positive=True)
         _check_number("momentum", self.momentum, low=0.0, high=1.0)
         _check_number("weight_decay", self.weight_decay, low=0.0)
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"threads must be a positive integer or None; got {self.threads!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "progress_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -390,8 +395,28 @@ def fit(
     """
     cfg = config if config is not None else TrainConfig()
     lock = run_lock(cfg.out) if cfg.out is not None else contextlib.nullcontext()
-    with lock:
+    with lock, _threads(cfg.threads):
         return _fit(model, data, cfg, resume, on_epoch_end, on_step_end, run_meta)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` intra-op threads inside the context, then restore torch's setting.
+
+    On a small machine shared with other work, one thread is often faster than two for the
+    reference network's small matrices (OpenMP threads spin while they wait for each other);
+    the thread count also changes float summation order, so a run is bitwise reproducible only
+    with the same setting.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fit(
@@ -510,7 +535,7 @@ def _fit(
                 x = train.images.index_select(0, idx)
                 y = train.labels.index_select(0, idx)
                 loss, logits = take_step(x, y)
-                sums.add(loss, logits, y, progress.step)
+                sums.add(loss, logits, y)
                 progress.step += 1
                 progress.step_in_epoch = k + 1
                 if on_step_end is not None:
@@ -519,7 +544,7 @@ def _fit(
                     bar.update(task, k + 1, sums.running_loss())
                 if catcher.signum is not None:
                     signum = catcher.signum
-                    if sums.first_bad_step() is None and ckpt_path is not None:
+                    if not sums.diverged() and ckpt_path is not None:
                         save(ckpt_path)
                     raise TrainingInterrupted(
                         f"interrupted by signal {signum} at epoch {epoch + 1}, step "
@@ -528,9 +553,9 @@ def _fit(
                         signum=signum,
                         checkpoint_path=ckpt_path,
                     )
-            bad = sums.first_bad_step()  # also the epoch's one host sync: timing is honest
+            bad = sums.diverged()  # also the epoch's one host sync: timing is honest
             train_seconds = time.perf_counter() - started
-            if bad is not None:
+            if bad:
                 _restore(model, optimizer, snapshot)
                 _diagnose_divergence(
                     model,
@@ -540,7 +565,6 @@ def _fit(
                     plan,
                     perm,
                     epoch,
-                    bad,
                     snap_k,
                     snap_step,
                     cfg,
@@ -621,52 +645,51 @@ def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> No
 
 
 class _EpochSums:
-    """Loss/accuracy sums and the first non-finite step, kept on the device (no host sync)."""
+    """Loss and accuracy sums of the epoch, kept on the device (no host sync per step).
+
+    A non-finite loss makes ``loss_sum`` non-finite for the rest of the epoch, which is all the
+    divergence check needs: the replay in :func:`_diagnose_divergence` finds the exact step.
+    Four small kernels per step (the first version also tracked the first bad step on the device
+    and cost three times as much; see docs/performance.md).
+    """
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.count = 0
 
     def reset(self) -> None:
-        for t in (self.loss_sum, self.correct, self.count):
-            t.zero_()
-        self.bad_step.fill_(-1)
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.count = 0
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> None:
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         m = y.shape[0]
-        self.loss_sum += loss.double() * m
-        self.correct += (logits.argmax(dim=1) == y).sum()
+        self.loss_sum.add_(loss, alpha=m)  # float32 loss summed in float64
+        self.correct.add_((logits.argmax(dim=1) == y).sum())
         self.count += m
-        # Record the first global step whose loss is non-finite, without leaving the device.
-        newly_bad = (~torch.isfinite(loss)) & (self.bad_step < 0)
-        self.bad_step.copy_(torch.where(newly_bad, step, self.bad_step))
 
-    def first_bad_step(self) -> int | None:
-        value = int(self.bad_step.item())
-        return None if value < 0 else value
+    def diverged(self) -> bool:
+        return not bool(torch.isfinite(self.loss_sum))
 
     def running_loss(self) -> float:
-        return float((self.loss_sum / self.count.clamp(min=1)).item())
+        return float(self.loss_sum.item()) / max(self.count, 1)
 
     def read(self) -> tuple[float, float]:
-        n = max(int(self.count.item()), 1)
+        n = max(self.count, 1)
         return self.loss_sum.item() / n, self.correct.item() / n
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "progress/loss_sum": self.loss_sum.detach().cpu().clone(),
             "progress/correct": self.correct.detach().cpu().clone(),
-            "progress/count": self.count.detach().cpu().clone(),
+            "progress/count": torch.tensor(self.count, dtype=torch.int64),
         }
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         self.loss_sum.copy_(tensors["progress/loss_sum"])
         self.correct.copy_(tensors["progress/correct"])
-        self.count.copy_(tensors["progress/count"])
-        self.bad_step.fill_(-1)
+        self.count = int(tensors["progress/count"])
 
 
 _Snapshot = tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor]
@@ -700,7 +723,6 @@ def _diagnose_divergence(
     plan: list[tuple[int, int]],
     perm: torch.Tensor,
     epoch: int,
-    bad_step: int,
     start_k: int,
     start_step: int,
     cfg: TrainConfig,
@@ -714,7 +736,7 @@ def _diagnose_divergence(
     replay's start state (the last good one).
     """
     snapshot = _snapshot(model, optimizer)
-    found_step, layer, loss_value = bad_step, None, float("nan")
+    found_step, layer, loss_value = start_step, None, float("nan")
     for k in range(start_k, len(plan)):
         lo, hi = plan[k]
         idx = perm[lo:hi]
