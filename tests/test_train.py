@@ -303,6 +303,6 @@ def test_threads_option_applies_during_fit_and_is_restored() -> None:
         toy_model(),
         toy_data(),
         cfg(epochs=1, threads=3),
-        on_step_end=lambda s, l: seen.append(torch.get_num_threads()),
+        on_step_end=lambda step, loss: seen.append(torch.get_num_threads()),
     )
     assert set(seen) == {3} and torch.get_num_threads() == before
