@@ -223,14 +223,17 @@ def test_workers_one_runs_in_process_with_one_thread(tiny_idx_dir: Path, tmp_pat
     assert torch.get_num_threads() == threads  # restored
 
 
-def test_workers_two_run_in_spawned_single_thread_processes(
+def test_worker_pool_runs_grids_in_two_spawned_single_thread_processes(
     tiny_idx_dir: Path, tmp_path: Path
 ) -> None:
-    specs = [profile_spec(tiny_idx_dir, seed=s) for s in range(4)]
-    records = run_grid(specs, tmp_path, workers=2, progress=False)
+    specs = [profile_spec(tiny_idx_dir, seed=s) for s in range(6)]
+    with studies.WorkerPool(2) as pool:
+        first = run_grid(specs[:3], tmp_path, pool=pool, progress=False)
+        second = run_grid(specs[3:], tmp_path, pool=pool, progress=False)
+    records = first + second
     pids = {r.pid for r in records}
     assert os.getpid() not in pids
-    assert 1 <= len(pids) <= 2
+    assert 1 <= len(pids) <= 2  # one pool for both grids
     assert all(r.threads == 1 for r in records)
     in_process = run_grid(specs, tmp_path / "again", workers=1, progress=False)
     assert [r.result for r in in_process] == [r.result for r in records]
@@ -298,6 +301,7 @@ def test_failing_run_raises_and_keeps_finished_runs(tiny_idx_dir: Path, tmp_path
     with pytest.raises(StudyRunError, match=r"run [0-9a-f]{12} failed: ValueError: .*relux"):
         run_grid([good, bad], tmp_path, workers=1, progress=False)
     assert (tmp_path / f"{spec_key(good)}.json").exists()
+    # workers=2 without a pool starts its own processes: the error comes from a worker.
     with pytest.raises(StudyRunError, match=r"failed in a worker: ValueError: .*relux"):
         run_grid([bad, profile_spec(tiny_idx_dir, seed=2)], tmp_path, workers=2, progress=False)
 
@@ -665,8 +669,7 @@ def test_every_study_quick_runs_end_to_end(tiny_idx_dir: Path, tmp_path: Path) -
         assert stored["verdicts"] == [v.to_dict() for v in result.verdicts]
         assert len(stored["runs"]) == len(study.grid(result.options))
         assert result.command == (
-            f"STEADYGRAD_DATA={tiny_idx_dir} steadygrad study {result.name} --quick --out "
-            f"{tmp_path}"
+            f"steadygrad study {result.name} --quick --out {tmp_path} --data-dir {tiny_idx_dir}"
         )
     started = time.perf_counter()
     again = studies.run_study(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steadygrad.studies._runner import code_version, run_grid
+from steadygrad.studies._runner import WorkerPool, code_version, run_grid
 from steadygrad.studies._study import Options, Results, Study, StudyResult
 
 __all__ = [
@@ -79,10 +79,9 @@ def reproduce_command(name: str, options: Options, out: str | os.PathLike[str]) 
     if options.seeds != default:
         parts += ["--seeds", str(options.seeds)]
     parts += ["--out", str(out)]
-    command = shlex.join(parts)
     if options.data_root is not None:
-        command = f"STEADYGRAD_DATA={shlex.quote(str(options.data_root))} {command}"
-    return command
+        parts += ["--data-dir", str(options.data_root)]
+    return shlex.join(parts)
 
 
 def _strict(value: Any) -> Any:
@@ -149,6 +148,7 @@ def run_study(
     progress: bool = True,
     cache: str | os.PathLike[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
+    pool: WorkerPool | None = None,
 ) -> StudyResult:
     """Run study ``name`` (its grid, on ``workers`` processes), judge it, write its JSON.
 
@@ -159,6 +159,7 @@ def run_study(
     ``cache`` (default ``<out>/cache``) by a hash of their full spec and the code version, so a
     rerun only computes what is missing (and a finished study reruns in seconds).
     ``data_root`` is the Fashion-MNIST folder (default: :func:`steadygrad.data.load`'s search).
+    ``pool``: a :class:`WorkerPool` to run on instead of starting ``workers`` new processes.
 
     Raises:
         ValueError: unknown study, bad ``seeds`` or ``workers``.
@@ -176,7 +177,9 @@ def run_study(
     cache_dir = Path(cache) if cache is not None else folder / "cache"
     started = time.perf_counter()
     specs = study.grid(options)
-    records = run_grid(specs, cache_dir, workers=workers, progress=progress, label=study.name)
+    records = run_grid(
+        specs, cache_dir, workers=workers, progress=progress, label=study.name, pool=pool
+    )
     results = Results(records, options)
     from steadygrad.report import environment
 
@@ -211,18 +214,23 @@ def run_all(
     data_root: str | os.PathLike[str] | None = None,
     studies: Sequence[str] | None = None,
 ) -> list[StudyResult]:
-    """:func:`run_study` for every study (or those named in ``studies``), in report order."""
+    """:func:`run_study` for every study (or those named in ``studies``), in report order.
+
+    The studies share one set of ``workers`` processes, started when a study first needs them.
+    """
     chosen = names() if studies is None else [get(n).name for n in studies]
-    return [
-        run_study(
-            n,
-            quick=quick,
-            seeds=seeds,
-            workers=workers,
-            out=out,
-            progress=progress,
-            cache=cache,
-            data_root=data_root,
-        )
-        for n in chosen
-    ]
+    with WorkerPool(workers) as pool:
+        return [
+            run_study(
+                n,
+                quick=quick,
+                seeds=seeds,
+                workers=workers,
+                out=out,
+                progress=progress,
+                cache=cache,
+                data_root=data_root,
+                pool=pool if workers > 1 else None,
+            )
+            for n in chosen
+        ]

@@ -43,6 +43,7 @@ __all__ = [
     "RunRecord",
     "RunSpec",
     "StudyRunError",
+    "WorkerPool",
     "canonical_json",
     "code_version",
     "run_grid",
@@ -345,13 +346,15 @@ def run_grid(
     progress: bool = True,
     label: str = "runs",
     on_record: Callable[[RunRecord], None] | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[RunRecord]:
     """Run every spec not already cached; return one :class:`RunRecord` per spec, in order.
 
     Identical specs are run once. ``workers=1`` runs in this process; more start that many
-    ``spawn`` worker processes (one torch thread each). ``progress`` shows a rich bar when stderr
-    is a terminal. ``on_record`` is called in this process with each record as it finishes
-    (cached ones first).
+    ``spawn`` worker processes (one torch thread each), or use ``pool`` when given (its size
+    wins). A single missing run is computed in this process (starting workers would cost more).
+    ``progress`` shows a rich bar when stderr is a terminal. ``on_record`` is called in this
+    process with each record as it finishes (cached ones first).
 
     Raises:
         ValueError, TypeError: a bad spec (unknown task, not JSON-able) or ``workers``.
@@ -376,14 +379,17 @@ def run_grid(
                 on_record(hit)
     show = progress and sys.stderr.isatty()
     with _progress(show, label, len(records) + len(todo), len(records)) as advance:
-        if workers == 1 or len(todo) <= 1:
+        if (pool is None and workers == 1) or len(todo) <= 1:
             for key, spec in todo.items():
                 records[key] = _run_here(spec, key, cache_dir)
                 advance()
                 if on_record is not None:
                     on_record(records[key])
-        elif todo:
-            _run_pool(todo, cache_dir, min(workers, len(todo)), records, advance, on_record)
+        elif pool is not None:
+            _run_pool(todo, cache_dir, pool, records, advance, on_record)
+        else:
+            with WorkerPool(min(workers, len(todo))) as own:
+                _run_pool(todo, cache_dir, own, records, advance, on_record)
     return [records[key] for key in keys]
 
 
@@ -410,21 +416,52 @@ def _run_here(spec: RunSpec, key: str, cache_dir: Path) -> RunRecord:
         torch.set_num_threads(threads)
 
 
+class WorkerPool:
+    """``workers`` spawned worker processes, started on first use and shared by several grids.
+
+    :func:`steadygrad.studies.run_all` keeps one for all its studies, so the workers start (and
+    load the dataset) once. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = _check_workers(workers)
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        """The executor, started now if it is not running yet."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+            )
+        return self._executor
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the workers (after their current runs); ``cancel`` drops runs not yet started."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=cancel)
+            self._executor = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(cancel=exc[0] is not None)
+
+
 def _run_pool(
     todo: Mapping[str, RunSpec],
     cache_dir: Path,
-    workers: int,
+    pool: WorkerPool,
     records: dict[str, RunRecord],
     advance: Callable[[], None],
     on_record: Callable[[RunRecord], None] | None,
 ) -> None:
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_worker_init
-    )
+    executor = pool.executor()
     try:
         futures = {
-            pool.submit(_execute, spec, key, str(cache_dir)): key for key, spec in todo.items()
+            executor.submit(_execute, spec, key, str(cache_dir)): key for key, spec in todo.items()
         }
         for future in concurrent.futures.as_completed(futures):
             key = futures[future]
@@ -446,6 +483,5 @@ def _run_pool(
             if on_record is not None:
                 on_record(record)
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.close(cancel=True)
         raise
-    pool.shutdown(wait=True)
