@@ -147,7 +147,12 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "tuple_outputs": (TupleOut, (4, 8)),
     "dict_outputs": (DictOut, (4, 8)),
     "frozen_layer": (frozen, (4, 8)),
-    "parameter_free": (lambda: nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Identity()), (4, 2, 4)),
+    "parameter_free": (
+        lambda: nn.Sequential(
+            nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Identity(), nn.Softmax(-1), nn.Flatten()
+        ),
+        (4, 2, 4),
+    ),
     "functional": (Functional, (4, 8)),
     "batchnorm1d": (
         lambda: nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6), nn.SELU(), nn.Linear(6, 3)),
