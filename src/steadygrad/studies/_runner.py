@@ -56,18 +56,22 @@ RunSpec = dict[str, Any]
 CACHE_FORMAT = "steadygrad.study-run/1"
 """Value of ``"format"`` in every cache entry."""
 
-# Modules whose source decides what a run computes (relative to the steadygrad package).
-_CODE_FILES = (
-    "__init__.py",
-    "activations.py",
-    "data.py",
-    "init.py",
-    "models.py",
-    "nn.py",
-    "train.py",
-    "monitor",
-    "studies/_tasks.py",
-)
+# Parts of the steadygrad package that cannot change what a run computes (presentation,
+# diagnosis, the CLI, the study definitions); everything else is hashed into code_version(), so
+# a module added later (e.g. one that train.fit starts to use) is covered without a list to keep.
+_CODE_EXCLUDED = ("cli.py", "doctor", "report", "studies")
+# ...except the tasks, which are what a run executes.
+_CODE_INCLUDED = ("studies/_tasks.py",)
+
+
+def _code_files(root: Path) -> list[Path]:
+    """Sorted source files hashed by :func:`code_version`."""
+    files = []
+    for file in sorted(root.rglob("*.py")):
+        relative = file.relative_to(root)
+        if relative.as_posix() in _CODE_INCLUDED or relative.parts[0] not in _CODE_EXCLUDED:
+            files.append(file)
+    return files
 
 
 class StudyRunError(SteadygradError):
@@ -137,8 +141,9 @@ def canonical_json(value: Any) -> str:
 def code_version() -> str:
     """sha256 (16 hex digits) of the source of the modules a run executes and torch's version.
 
-    Covers ``activations``, ``data``, ``init``, ``models``, ``nn``, ``train``, ``monitor`` and the
-    studies' tasks: a change there can change a result, so it changes every cache key.
+    Hashes every module of the package except the CLI, ``report``, ``doctor`` and the study
+    definitions (the studies' tasks are included): a change there can change a result, so it
+    changes every cache key, while editing a rule, a figure or the report does not.
     """
     import torch
 
@@ -147,12 +152,9 @@ def code_version() -> str:
     root = Path(steadygrad.__file__).parent
     digest = hashlib.sha256()
     digest.update(f"torch {torch.__version__}\n".encode())
-    for name in _CODE_FILES:
-        path = root / name
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file.relative_to(root)).encode() + b"\n")
-            digest.update(file.read_bytes())
+    for file in _code_files(root):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\n")
+        digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
 
 
