@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/mypy
 
 train: setup data
-	$(BIN)/steadygrad train --preset reference --epochs 10 --out runs/reference
+	$(BIN)/steadygrad train --preset reference --epochs 10 --threads 1 --out runs/reference
 
 # Side-by-side epoch timings (add `python -m benchmarks.setup_alternatives` first to include
 # Keras and JAX), inference latency, monitor overhead and the doctor's probe time.
