@@ -88,7 +88,7 @@ def _kills(tiny_idx_dir: Path, tmp_path: Path, n: int) -> None:
 def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(
     tiny_idx_dir: Path, tmp_path: Path
 ) -> None:
-    _kills(tiny_idx_dir, tmp_path, 3)
+    _kills(tiny_idx_dir, tmp_path, 5)
 
 
 @pytest.mark.slow
