@@ -14,8 +14,6 @@ File format (docs/architecture.md, ``steadygrad.monitor``): the first line is a 
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -245,73 +243,19 @@ def recorded(log: Any) -> RecordedRun:
 
 
 def read_log(path: str | os.PathLike[str]) -> Any:
-    """Read a ``monitor.jsonl``: :func:`steadygrad.monitor.read` when that module is installed,
-    else the reader below (same format, plain dicts).
+    """Read a ``monitor.jsonl`` with :func:`steadygrad.monitor.read` (the one reader of the format).
 
     Raises:
         DataError: the file is missing, unreadable, or not a steadygrad monitor log.
     """
+    from steadygrad.monitor import read
+
     try:
-        monitor = importlib.import_module("steadygrad.monitor")
-    except ImportError:
-        monitor = None
-    read = getattr(monitor, "read", None)
-    if read is None:
-        return _read_jsonl(Path(path))
-    try:
-        return read(path)
+        return read(Path(path))
     except DataError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"could not read monitor log {path}: {exc}") from None
-
-
-def _read_jsonl(path: Path) -> dict[str, Any]:
-    """Header and records of ``path`` (a file, or the run folder holding it) as dicts.
-
-    Interim reader with the messages of :func:`steadygrad.monitor.read`, used only while that
-    module is not installed. A last line without its newline that does not parse is a write cut
-    short by a killed process and is dropped; any other problem raises :class:`DataError` naming
-    the file and the line.
-    """
-    file = path / "monitor.jsonl" if path.is_dir() else path
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"monitor log {file} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read monitor log {file}: {exc}") from None
-    lines = text.split("\n")
-    complete = text.endswith("\n")
-    if complete:
-        lines.pop()
-    if not lines or not lines[0].strip():
-        raise DataError(f"monitor log {file} is empty; expected a {FORMAT!r} header line")
-    parsed: list[Any] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            parsed.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines) > 1 and not complete:
-                break  # a write cut short by a killed process
-            raise DataError(
-                f"monitor log {file} line {number} is not valid JSON ({exc.msg} at column "
-                f"{exc.colno})"
-            ) from None
-        if not isinstance(parsed[-1], dict):
-            raise DataError(
-                f"monitor log {file} line {number} must be a JSON object; got "
-                f"{type(parsed[-1]).__name__}"
-            )
-    header, records = parsed[0], parsed[1:]
-    if header.get("format") != FORMAT:
-        raise DataError(
-            f"monitor log {file} line 1 must be a header with format {FORMAT!r}; "
-            f"got {header.get('format')!r}"
-        )
-    return {"header": header, "records": records, "notes": list(header.get("notes") or ())}
 
 
 def finite_positive(values: FloatArray) -> BoolArray:
