@@ -4,13 +4,17 @@ Nothing here reads a value on the host: every function queues a few reductions a
 positions of their results in the batch. :meth:`Batch.read` stacks everything queued and transfers
 it with a single ``.tolist()`` (one host synchronisation per recorded step).
 
-Moments of n entries x₁…xₙ take two reductions, s = Σ x and r = ‖x‖₂ (for many tensors at once,
-one ``torch._foreach_norm`` call), in the tensor's precision (float32 at least):
+Moments of n entries x₁…xₙ take two reductions, s = Σ x and q = Σ x² (or r = ‖x‖₂), in the
+tensor's precision (float32 at least):
 
-    mean = s / n,   ‖x‖₂ = r,   std = sqrt(r²/n − mean²)   (population std, as ``correction=0``).
+    mean = s / n,   ‖x‖₂ = √q,   std = sqrt(q/n − mean²)   (population std, as ``correction=0``).
 
 On CPU the cost of a recorded step is mostly the number of PyTorch calls (a few µs each), not the
-arithmetic: hence one-pass moments, one ``_foreach`` call where a loop would do, and one read.
+arithmetic: hence one-pass moments and one read. q is a BLAS dot product ``x·x`` (half the time of
+``torch.linalg.vector_norm`` on CPU: 28 µs against 50 µs for a 300×784 weight); on CUDA the norms
+of many tensors are one ``torch._foreach_norm`` kernel, so there r is queued instead of q. Reading
+0-d CPU tensors one ``item()`` at a time is cheaper than stacking them (18 µs against 26 µs for
+40 values); on a GPU everything is stacked into one transfer.
 
 Two cases need more, and both are recognised from s and r alone, so the extra pass runs only for
 the tensors that need it, on the steps that need it (:func:`precise_moments`, float64, two-pass):
@@ -30,7 +34,6 @@ from typing import Final
 import torch
 
 _HALF = (torch.float16, torch.bfloat16)
-_COUNT = torch.float32  # counts as float32 (exact below 2**24) stack with the float32 sums
 
 CANCELLATION: Final = 1e-3
 """Recompute the variance in float64 when var < CANCELLATION · mean² (std < 3 % of |mean|)."""
@@ -84,6 +87,8 @@ class Batch:
         if not self._vectors:  # the common case: 0-d tensors (stack promotes their dtypes)
             device = items[0].device
             if all(t.device == device for t in items):
+                if device.type == "cpu":  # no transfer to save: item() is cheaper than stack
+                    return [float(t.item()) for t in items]
                 return torch.stack(items).tolist()
         out: list[float] = [math.nan] * self._size
         # (device) -> list of (positions, tensor); 0-d values grouped by dtype first.
@@ -116,33 +121,38 @@ class Batch:
 
 @dataclass
 class Moments:
-    """Queued s = Σx and r = ‖x‖₂ of a tensor of ``n`` entries.
+    """Queued s = Σx and q = Σx² (``squared``) or r = ‖x‖₂ of a tensor of ``n`` entries.
 
-    ``ref`` keeps the tensor for :func:`precise_moments`, in case s and r do not suffice.
+    ``ref`` keeps the tensor for :func:`precise_moments`, in case s and q do not suffice.
     """
 
     n: int
     at_sum: int
     at_norm: int
     ref: torch.Tensor | None
+    squared: bool = True
+
+    def _sq(self, values: list[float]) -> float:
+        v = values[self.at_norm]
+        return v if self.squared else v * v
 
     def sufficient(self, values: list[float]) -> bool:
-        """Whether s and r give the moments: finite, and no catastrophic cancellation."""
-        s, r = values[self.at_sum], values[self.at_norm]
-        if not (math.isfinite(s) and math.isfinite(r)):
+        """Whether s and q give the moments: finite, and no catastrophic cancellation."""
+        s, q = values[self.at_sum], self._sq(values)
+        if not (math.isfinite(s) and math.isfinite(q)):
             return False
         mean = s / self.n
-        return r * r / self.n - mean * mean >= CANCELLATION * mean * mean
+        return q / self.n - mean * mean >= CANCELLATION * mean * mean
 
     def host(self, values: list[float]) -> tuple[float, float, float]:
-        """(mean, std, norm) from s and r."""
-        s, r = values[self.at_sum], values[self.at_norm]
+        """(mean, std, norm) from s and q."""
+        s, q = values[self.at_sum], self._sq(values)
         mean = s / self.n
-        return mean, math.sqrt(max(r * r / self.n - mean * mean, 0.0)), r
+        return mean, math.sqrt(max(q / self.n - mean * mean, 0.0)), math.sqrt(max(q, 0.0))
 
 
 def moments(t: torch.Tensor, batch: Batch, *, keep: bool = True) -> Moments | None:
-    """Queue s = Σx and r = ‖x‖₂ of ``t`` now (three calls: detach, sum, norm); None if empty.
+    """Queue s = Σx and q = Σx² of ``t`` now (a sum and a dot product); None if empty.
 
     For forward signals, which a later in-place operation may overwrite.
     """
@@ -151,25 +161,31 @@ def moments(t: torch.Tensor, batch: Batch, *, keep: bool = True) -> Moments | No
         return None
     x = _values(t)
     at_sum = batch.add(x.sum())
-    at_norm = batch.add(torch.linalg.vector_norm(x))
+    at_norm = batch.add(sum_of_squares(x))
     return Moments(n=n, at_sum=at_sum, at_norm=at_norm, ref=t if keep else None)
 
 
 def moments_many(tensors: list[torch.Tensor], batch: Batch) -> list[Moments | None]:
-    """:func:`moments` of many tensors, the norms in one ``torch._foreach_norm`` call.
+    """:func:`moments` of many tensors; on CUDA the norms in one ``torch._foreach_norm`` call.
 
     Call under ``torch.no_grad()``.
     """
     values = [t.float() if t.dtype in _HALF else t for t in tensors]
-    nonempty = [i for i, t in enumerate(values) if t.numel() > 0]
     out: list[Moments | None] = [None] * len(tensors)
+    nonempty = [i for i, t in enumerate(values) if t.numel() > 0]
     if not nonempty:
         return out
-    norms = torch._foreach_norm([values[i] for i in nonempty])
-    for i, norm in zip(nonempty, norms, strict=True):
+    if any(values[i].device.type == "cuda" for i in nonempty):
+        norms = torch._foreach_norm([values[i] for i in nonempty])
+        for i, norm in zip(nonempty, norms, strict=True):
+            t = values[i]
+            at_sum = batch.add(t.sum())
+            out[i] = Moments(t.numel(), at_sum, batch.add(norm), tensors[i], squared=False)
+        return out
+    for i in nonempty:
         t = values[i]
         at_sum = batch.add(t.sum())
-        out[i] = Moments(n=t.numel(), at_sum=at_sum, at_norm=batch.add(norm), ref=tensors[i])
+        out[i] = Moments(t.numel(), at_sum, batch.add(sum_of_squares(t)), tensors[i])
     return out
 
 
@@ -234,7 +250,7 @@ def count_saturated(x: torch.Tensor, lo: float, hi: float, batch: Batch) -> int 
         mask = v.abs() > hi
     else:
         mask = (v < lo).logical_or_(v > hi)
-    return batch.add(mask.sum(dtype=_COUNT))
+    return batch.add(torch.count_nonzero(mask))  # 25 µs where mask.sum() takes 43 µs
 
 
 def count_dead(x: torch.Tensor, unit_dim: int, dead_below: float, batch: Batch) -> tuple[int, int]:
@@ -248,7 +264,7 @@ def count_dead(x: torch.Tensor, unit_dim: int, dead_below: float, batch: Batch) 
     dim = unit_dim % v.ndim
     others = [d for d in range(v.ndim) if d != dim]
     peak = v.amax(dim=others) if others else v  # (units,)
-    return batch.add((peak <= dead_below).sum(dtype=_COUNT)), int(v.shape[dim])
+    return batch.add(torch.count_nonzero(peak <= dead_below)), int(v.shape[dim])
 
 
 @dataclass

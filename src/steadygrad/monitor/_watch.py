@@ -280,7 +280,8 @@ class Monitor:
         self._step = first_step - 1
         self._next_step = first_step
         self._forward_seen = False
-        self._snapshot: dict[_Slot, torch.Tensor] | None = None
+        self._snapshot: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
+        self._snapshot_plan: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
         self._buffers: dict[_Slot, torch.Tensor] = {}
         self._pending_updates: dict[_Slot, torch.Tensor] = {}
         self._unsealed: _Unsealed | None = None
@@ -379,6 +380,7 @@ class Monitor:
                 self._state.release()
             self._state = None
             self._snapshot = None
+            self._snapshot_plan = None
             self._buffers = {}
             self._pending_updates = {}
             self._model = None
@@ -496,8 +498,25 @@ class Monitor:
     # ------------------------------------------------------------------ step boundaries
 
     def _take_snapshot(self) -> None:
-        """Copy the weights into device buffers, to measure the next optimizer step's update."""
-        slots, weights, buffers = [], [], []
+        """Copy the weights into device buffers, to measure the next optimizer step's update.
+
+        The (slot, weight, buffer) triples are kept between steps and rebuilt only when a
+        weight was replaced or changed shape, dtype or device.
+        """
+        plan = self._snapshot_plan
+        if plan is None or any(
+            slot.weight() is not w or w.shape != b.shape or w.dtype != b.dtype
+            for slot, w, b in plan
+        ):
+            plan = self._snapshot_plan = self._plan_snapshot()
+        if plan:
+            with torch.no_grad():
+                for _, weight, buffer in plan:
+                    buffer.copy_(weight)
+        self._snapshot = plan
+
+    def _plan_snapshot(self) -> list[tuple[_Slot, torch.Tensor, torch.Tensor]]:
+        plan = []
         for slot in self._slots.values():
             weight = slot.weight()
             if weight is None:
@@ -510,37 +529,23 @@ class Monitor:
                 or buffer.device != weight.device
             ):
                 buffer = self._buffers[slot] = torch.empty_like(weight, requires_grad=False)
-            slots.append(slot)
-            weights.append(weight)
-            buffers.append(buffer)
-        if buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(buffers, weights)
-        self._snapshot = dict(zip(slots, buffers, strict=True))
+            plan.append((slot, weight, buffer))
+        return plan
 
     def _measure_updates(self) -> None:
-        """Queue ‖W − W_before‖₂ (device scalars) for the next record.
+        """Queue ‖W − W_before‖² (device scalars) for the next record.
 
-        The snapshot buffers are overwritten with the differences (no temporary as large as W);
-        one ``_foreach`` call for all layers.
+        The snapshot buffers are overwritten with the differences (no temporary as large as W).
         """
         snapshot, self._snapshot = self._snapshot, None
         if not snapshot:
             return
-        slots, weights, buffers = [], [], []
-        for slot, before in snapshot.items():
-            weight = slot.weight()
-            if weight is None or weight.shape != before.shape or weight.device != before.device:
-                continue
-            slots.append(slot)
-            weights.append(weight)
-            buffers.append(before)
-        if not buffers:
-            return
+        pending = self._pending_updates
         with torch.no_grad():
-            torch._foreach_sub_(buffers, weights)
-            norms = torch._foreach_norm(buffers)
-        self._pending_updates.update(zip(slots, norms, strict=True))
+            for slot, weight, before in snapshot:
+                if slot.weight() is not weight or weight.shape != before.shape:
+                    continue  # replaced since the snapshot: no update to measure
+                pending[slot] = _stats.sum_of_squares(before.sub_(weight))
 
     def _start(self, step: int) -> None:
         self._step = step
@@ -974,7 +979,7 @@ class Monitor:
             dead = values[entry.dead] / entry.dead_units
         update_ratio = None
         if entry.update is not None and weight_norm is not None:
-            change = values[entry.update]  # ‖W − W_before‖₂
+            change = math.sqrt(max(values[entry.update], 0.0))  # ‖W − W_before‖₂
             if weight_norm > 0 and math.isfinite(weight_norm) and math.isfinite(change):
                 update_ratio = change / weight_norm
         slot = entry.slot
