@@ -9,9 +9,13 @@ setting it depends on. Its result is cached as JSON under ``<cache>/<key>.json``
 module a run executes, plus the torch version, so editing the library invalidates the cache and
 editing a verdict or a figure does not. Entries are written atomically (temporary file in the
 cache folder, fsync, rename, fsync of the folder) by the process that computed the run, and only
-for its own key; the grid is de-duplicated first, so no two writers ever target one entry.
-A runner that is killed leaves finished entries intact and at most one temporary file per worker;
-the next call skips the finished runs (resume) and removes temporary files of dead processes.
+for its own key. Each entry is written once: the grid is de-duplicated first, and a process
+computes a run only while it holds the run's claim (an exclusive ``flock`` on
+``<cache>/.<key>.lock``), looking in the cache again once it has it, so runners sharing a cache
+folder (two ``steadygrad study`` commands at once) wait for each other's runs instead of redoing
+and rewriting them. A runner that is killed leaves finished entries intact and at most one
+temporary file and one claim file per worker (the kernel releases its lock); the next call skips
+the finished runs (resume) and removes the temporary and claim files of dead processes.
 
 Workers: ``workers=1`` runs in the calling process; more use a
 :class:`concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method (no inherited
@@ -261,7 +265,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_temporaries(cache_dir: Path) -> None:
-    """Remove temporary files left by writers that were killed (their pid is gone)."""
+    """Remove temporary files left by writers that were killed (their pid is gone), and claim
+    files nobody holds (left by a process killed while computing that run)."""
     for tmp in cache_dir.glob(".*.tmp-*"):
         try:
             pid = int(tmp.name.rsplit("-", 1)[1])
@@ -269,6 +274,63 @@ def _remove_stale_temporaries(cache_dir: Path) -> None:
             continue
         if pid != os.getpid() and not _pid_alive(pid):
             tmp.unlink(missing_ok=True)
+    for path in cache_dir.glob(".*.lock"):
+        with contextlib.suppress(OSError):  # held by a live runner, or removed meanwhile
+            fd = _lock(path, block=False)
+            if fd is not None and fd >= 0:
+                try:
+                    path.unlink()  # as its holder, as the claim protocol allows (see _claim)
+                finally:
+                    os.close(fd)
+
+
+def _lock(path: Path, *, block: bool) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on the file ``path`` names now.
+
+    Creates the file when ``block``. Returns None when ``path`` was removed (or replaced) while
+    this process waited: its holder had finished with it. Raises BlockingIOError when not
+    ``block`` and the file is held. Without ``fcntl`` (Windows) nothing is locked: -1.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return -1
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if block else 0)
+    fd = os.open(path, flags, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        mine = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+    except BaseException:
+        os.close(fd)
+        raise
+    if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _claim(cache_dir: Path, key: str) -> Iterator[None]:
+    """Hold the claim on ``key``'s run: an exclusive ``flock`` on ``<cache>/.<key>.lock``.
+
+    Waits while another process holds it. The holder removes the file before letting go, so no
+    claim file outlives its run; a waiter whose lock is then on a removed file starts again on a
+    new one. The kernel releases the lock of a killed process, so a claim is never stale.
+    """
+    path = cache_dir / f".{key}.lock"
+    fd = None
+    while fd is None:
+        fd = _lock(path, block=True)
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            path.unlink(missing_ok=True)
+            os.close(fd)  # closing the descriptor releases the flock
 
 
 # --------------------------------------------------------------------------- execution
@@ -285,23 +347,32 @@ def _worker_init() -> None:
 
 
 def _execute(spec: RunSpec, key: str, cache_dir: str) -> RunRecord:
-    """Run one spec in this process, write its cache entry, return the record."""
+    """Run one spec in this process, write its cache entry, return the record.
+
+    Holds the run's claim meanwhile; when another runner wrote the entry while this one waited
+    for the claim, returns that entry (``cached``) instead.
+    """
     import torch
 
     from steadygrad.studies._tasks import TASKS
 
-    started = time.perf_counter()
-    result = TASKS[spec["task"]](spec)
-    record = RunRecord(
-        spec=spec,
-        key=key,
-        result=result,
-        seconds=round(time.perf_counter() - started, 3),
-        pid=os.getpid(),
-        threads=torch.get_num_threads(),
-        cached=False,
-    )
-    _write_entry(Path(cache_dir), record)
+    folder = Path(cache_dir)
+    with _claim(folder, key):
+        done = _read_entry(folder, key, spec)
+        if done is not None:
+            return done
+        started = time.perf_counter()
+        result = TASKS[spec["task"]](spec)
+        record = RunRecord(
+            spec=spec,
+            key=key,
+            result=result,
+            seconds=round(time.perf_counter() - started, 3),
+            pid=os.getpid(),
+            threads=torch.get_num_threads(),
+            cached=False,
+        )
+        _write_entry(folder, record)
     return record
 
 
