@@ -355,7 +355,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         print(_format_epoch(record, config.epochs), flush=True)
 
     watching: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    on_step_end = None
+    watcher = None
     if args.monitor or args.histograms or args.tensorboard:
         from steadygrad import checkpoint, monitor
 
@@ -372,9 +372,6 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         )
         watching = watcher
 
-        def on_step_end(step: int, loss: torch.Tensor) -> None:
-            watcher.log_loss(loss)
-
     with watching:
         history = fit(
             model,
@@ -382,8 +379,8 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
             config,
             resume=args.resume,
             on_epoch_end=report,
-            on_step_end=on_step_end,
             run_meta={"model_config": model_config, "data_config": data_config},
+            monitor=watcher,
         )
     if args.resume and history:
         done = len(history)

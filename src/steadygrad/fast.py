@@ -373,14 +373,15 @@ def _name(value: object) -> str:
 # --------------------------------------------------------------------------- support checks
 
 
-def _hooks(model: nn.Module) -> str | None:
-    """Name a module or parameter whose hooks the fast step would skip, or None."""
+def _hooks(model: nn.Module, owner: object | None = None) -> str | None:
+    """Name a module or parameter whose hooks the fast step would skip, or None (forward hooks
+    that are methods of ``owner`` do not count)."""
     if any(_GLOBAL_MODULE_HOOKS):
         return "global module hooks are registered"
     for name, module in model.named_modules():
+        forward = module._forward_hooks, module._forward_pre_hooks
         if (
-            module._forward_hooks
-            or module._forward_pre_hooks
+            (any(forward) and not _owned_by(owner, *forward))
             or module._backward_hooks
             or module._backward_pre_hooks
         ):
@@ -409,8 +410,13 @@ def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> str 
     return None
 
 
-def supports(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[bool, str]:
+def supports(
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, ignore_hooks_of: object | None = None
+) -> tuple[bool, str]:
     """Whether :func:`make_step` can build a fast step for ``model`` and ``optimizer``, and why not.
+
+    Forward hooks that are methods of ``ignore_hooks_of`` (a monitor that is told of the fast
+    steps, see :meth:`FastStep.try_fast`) do not count against it.
 
     Returns ``(True, "")`` or ``(False, reason)`` with a one-line reason, e.g.
     ``"layer 'hidden1_act': PReLU has a learned slope; supported: …"``.
@@ -439,21 +445,32 @@ def supports(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[bool, 
                 f"parameters must share one dtype and device; {name!r} is {p.dtype} on "
                 f"{p.device}, the first is {first.dtype} on {first.device}"
             )
-    reason = _check_optimizer(model, optimizer) or _hooks(model)
+    reason = _check_optimizer(model, optimizer) or _hooks(model, ignore_hooks_of)
     return (False, reason) if reason is not None else (True, "")
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> FastStep | None:
+def make_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, ignore_hooks_of: object | None = None
+) -> FastStep | None:
     """A :class:`FastStep` for ``model`` and ``optimizer``, or None where :func:`supports` says no.
 
     ``optimizer`` is the ``torch.optim`` optimizer the plain path would use (built over
     ``model.parameters()``); the fast step updates its state, so checkpoints keep their format.
     """
-    ok, _ = supports(model, optimizer)
-    return FastStep(model, optimizer) if ok else None
+    ok, _ = supports(model, optimizer, ignore_hooks_of=ignore_hooks_of)
+    return FastStep(model, optimizer, ignore_hooks_of=ignore_hooks_of) if ok else None
 
 
 # --------------------------------------------------------------------------- the step
+
+
+def _owned_by(owner: object | None, *registries: dict[int, Any]) -> bool:
+    """Whether every hook in ``registries`` is a method bound to ``owner`` (never for None)."""
+    return owner is not None and all(
+        getattr(hook, "__self__", None) is owner
+        for registry in registries
+        for hook in registry.values()
+    )
 
 
 class FastStep:
@@ -474,8 +491,14 @@ class FastStep:
     thread-safe: one call at a time.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        ok, reason = supports(model, optimizer)
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        ignore_hooks_of: object | None = None,
+    ) -> None:
+        ok, reason = supports(model, optimizer, ignore_hooks_of=ignore_hooks_of)
         if not ok:
             raise ValueError(f"model and optimizer are not supported by the fast step: {reason}")
         built = _build_layers(model)
@@ -502,12 +525,34 @@ class FastStep:
 
     # -- public
 
-    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        reason = self._fallback_reason(x, y)
+    def __call__(
+        self, x: Tensor, y: Tensor, *, ignore_hooks_of: object | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Take one step. ``ignore_hooks_of``: an object whose bound-method hooks the step may
+        skip (a :class:`steadygrad.monitor.Monitor` told of the step with ``pass_step()``);
+        anyone else's hooks still send the call down the plain path."""
+        out = self.try_fast(x, y, ignore_hooks_of=ignore_hooks_of)
+        return self._plain_step(x, y) if out is None else out
+
+    def try_fast(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        ignore_hooks_of: object | None = None,
+        before: Callable[[], None] | None = None,
+    ) -> tuple[Tensor, Tensor] | None:
+        """The fast step, or None (nothing done) when it cannot be taken; ``before()`` is called
+        just before a fast step starts (``Monitor.pass_step``: the monitor counts the step only
+        when it does not go through the model's ``forward``). A None counts in
+        :attr:`plain_calls`: the caller takes the plain step."""
+        reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
             self.last_fallback = reason
             self.plain_calls += 1
-            return self._plain_step(x, y)
+            return None
+        if before is not None:
+            before()
         self.fast_calls += 1
         with torch.no_grad():
             self._link_grads()
@@ -553,7 +598,7 @@ class FastStep:
         self._grads = []
         self._state = None
 
-    def _fallback_reason(self, x: Tensor, y: Tensor) -> str | None:
+    def _fallback_reason(self, x: Tensor, y: Tensor, owner: object | None = None) -> str | None:
         if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
             return f"inputs of shape {tuple(x.shape)} and labels {tuple(y.shape)}"
         if x.dtype != self._dtype or x.device != self._device:
@@ -571,12 +616,10 @@ class FastStep:
         if any(_GLOBAL_MODULE_HOOKS):
             return "global module hooks are registered"
         for m in self._modules:
-            if (
-                m._forward_hooks
-                or m._forward_pre_hooks
-                or m._backward_hooks
-                or m._backward_pre_hooks
-            ):
+            if m._backward_hooks or m._backward_pre_hooks:
+                return "a module has forward/backward hooks"
+            hooked = m._forward_hooks or m._forward_pre_hooks
+            if hooked and not _owned_by(owner, m._forward_hooks, m._forward_pre_hooks):
                 return "a module has forward/backward hooks"
         for p in self._params:
             if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):

@@ -896,6 +896,7 @@ def _lsuv_layer(
     """Rescale ``layer.weight`` until Var(z) is within ``tol`` of 1 (Mishkin & Matas 2016)."""
     import contextlib  # local: keeps the module namespace to the initializers
     import warnings
+
     captured: list[torch.Tensor] = []
 
     def capture(module: nn.Module, args: tuple[Any, ...]) -> None:

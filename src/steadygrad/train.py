@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,9 @@ from torch import nn
 from steadygrad import checkpoint, fast
 from steadygrad.data import Dataset, Split
 from steadygrad.errors import CheckpointError, RunLocked, TrainingDiverged
+
+if TYPE_CHECKING:
+    from steadygrad.monitor import Monitor
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -369,6 +372,7 @@ def fit(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     on_step_end: Callable[[int, torch.Tensor], None] | None = None,
     run_meta: dict[str, Any] | None = None,
+    monitor: Monitor | None = None,
 ) -> History:
     """Train ``model`` on ``data.train`` with mini-batches; evaluate validation and test each epoch.
 
@@ -383,6 +387,11 @@ def fit(
     and the loss tensor (still on the device: reading it synchronises). ``run_meta`` is stored in
     every checkpoint (the CLI puts the model and data configs there).
 
+    ``monitor``: a :func:`steadygrad.monitor.watch` on ``model`` (made without ``optimizer=``).
+    ``fit`` gives it each step's loss, takes the steps it records through the model's
+    ``forward`` (its hooks see them) and the others by the fast step, which the monitor's hooks
+    would otherwise turn off for the whole run (``Monitor.pass_step``).
+
     With ``resume=True`` training continues from ``<out>/checkpoint.safetensors`` (epoch boundary
     or mid-epoch), restoring model, optimizer and RNG states, so the result is bitwise identical to
     an uninterrupted run. The run folder is locked (:func:`run_lock`) while training.
@@ -396,7 +405,7 @@ def fit(
     cfg = config if config is not None else TrainConfig()
     lock = run_lock(cfg.out) if cfg.out is not None else contextlib.nullcontext()
     with lock, _threads(cfg.threads):
-        return _fit(model, data, cfg, resume, on_epoch_end, on_step_end, run_meta)
+        return _fit(model, data, cfg, resume, on_epoch_end, on_step_end, run_meta, monitor)
 
 
 @contextlib.contextmanager
@@ -427,8 +436,14 @@ def _fit(
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
     on_step_end: Callable[[int, torch.Tensor], None] | None,
     run_meta: dict[str, Any] | None,
+    monitor: Monitor | None = None,
 ) -> History:
     cfg.validate()
+    if monitor is not None and monitor.step_unit != "forward":
+        raise ValueError(
+            "monitor counts optimizer steps (watch(..., optimizer=...)), but fit makes its own "
+            "optimizer: give fit a monitor made without optimizer="
+        )
     device = resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out is not None else None
     if resume and out is None:
@@ -443,7 +458,7 @@ def _fit(
     optimizer = make_optimizer(iter(list(model.parameters())), cfg)
     # The fast step computes the same update without autograd (see steadygrad.fast); it falls
     # back to the plain step by itself whenever a call cannot be taken fast (hooks, e.g.).
-    fast_step = fast.make_step(model, optimizer) if cfg.fast else None
+    fast_step = fast.make_step(model, optimizer, ignore_hooks_of=monitor) if cfg.fast else None
 
     def plain_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
@@ -456,6 +471,17 @@ def _fit(
     take_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
         fast_step if fast_step is not None else plain_step
     )
+    if monitor is not None and fast_step is not None:
+        watcher, fast_only = monitor, fast_step
+
+        def monitored_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if not watcher.records_next_step():
+                out = fast_only.try_fast(x, y, ignore_hooks_of=watcher, before=watcher.pass_step)
+                if out is not None:
+                    return out
+            return plain_step(x, y)  # through forward: the monitor's hooks see (and count) it
+
+        take_step = monitored_step
     shuffle = torch.Generator(device="cpu").manual_seed(cfg.seed)
     epoch_start_rng = shuffle.get_state()
     progress = _Progress()
@@ -538,6 +564,8 @@ def _fit(
                 sums.add(loss, logits, y)
                 progress.step += 1
                 progress.step_in_epoch = k + 1
+                if monitor is not None:
+                    monitor.log_loss(loss)
                 if on_step_end is not None:
                     on_step_end(progress.step, loss)
                 if show and (k + 1) % cfg.progress_every == 0:

@@ -335,6 +335,12 @@ class Monitor:
         return self._step
 
     @property
+    def step_unit(self) -> str:
+        """What a step is: ``"forward"`` (a train-mode forward of the model) or
+        ``"optimizer_step"`` (made with ``optimizer=``)."""
+        return self._step_unit
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` ran (hooks removed)."""
         return self._closed
@@ -360,6 +366,39 @@ class Monitor:
         if unsealed is not None and unsealed.record.step == self._step:
             unsealed.record.loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
             self._seal()
+
+    def records_next_step(self) -> bool:
+        """Whether the next step will be recorded (always False once closed or stopped).
+
+        With :meth:`pass_step`, this lets a trainer take the steps the monitor does not record
+        by a path that never calls the model's ``forward`` (``steadygrad.fit``'s fast step).
+        """
+        if self._closed or self._broken:
+            return False
+        return self._next_step % self.every == 0
+
+    def pass_step(self) -> None:
+        """Count a training step that ran without calling the model's ``forward``.
+
+        For a trainer that takes unrecorded steps another way (``steadygrad.fit``'s fast step):
+        the step counter advances, a record still waiting is written, and the weights are copied
+        when the next step's update ratio needs them, exactly as the root module's hook does for
+        a step through ``forward``. Only for monitors that count forward passes (made without
+        ``optimizer=``), and only for steps :meth:`records_next_step` says are not recorded.
+        """
+        if self._optimizer is not None:
+            raise RuntimeError(
+                "pass_step() is for monitors that count forward passes; this one counts "
+                "optimizer steps (watch(..., optimizer=...)), which need no call"
+            )
+        if self._closed or self._broken:
+            return
+        if self.records_next_step():
+            raise RuntimeError(
+                f"step {self._next_step} is recorded: run it through the model's forward "
+                "(check records_next_step() first)"
+            )
+        self._begin_forward_step()
 
     def close(self) -> None:
         """Finish the step in progress, write what is pending, remove every hook. Idempotent."""
@@ -570,6 +609,11 @@ class Monitor:
                 self._seal()
             self._start(self._next_step)
             return
+        self._begin_forward_step()
+
+    @_guarded
+    def _begin_forward_step(self) -> None:
+        """Start the next step of a monitor that counts forward passes."""
         state = self._state
         if state is not None and not state.finalized:
             self._finalize(state)  # the previous recorded step had no backward pass

@@ -1,0 +1,110 @@
+"""``fit(..., monitor=...)``: unrecorded steps take the fast path, recorded ones go through forward.
+
+A monitor's hooks used to send every step of ``fit`` down the plain (autograd) path. Now the
+monitor is told of the steps it does not record (``Monitor.pass_step``) and ``fit`` takes those
+fast; the records must be those of an all-plain run, step for step.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tests.test_train import cfg, toy_data, toy_model
+
+from steadygrad import fast, monitor
+from steadygrad.monitor import LAYER_STATS_KEYS
+from steadygrad.train import fit
+
+STEPS_PER_EPOCH = 13  # 400 samples in batches of 32
+
+
+def _monitored_fit(every: int, use_fast: bool, tmp_path: Path) -> tuple[monitor.Monitor, list[int]]:
+    model = toy_model()
+    calls: list[int] = []
+    original = fast.FastStep.try_fast
+
+    def counting(self: fast.FastStep, *args: object, **kwargs: object) -> object:
+        out = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        calls.append(0 if out is None else 1)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast.FastStep, "try_fast", counting)
+        with monitor.watch(model, every=every, out=tmp_path) as mon:
+            fit(model, toy_data(), cfg(epochs=2, fast=use_fast), monitor=mon)
+    return mon, calls
+
+
+@pytest.mark.parametrize("every", [1, 3, 5])
+def test_records_match_an_all_plain_run_step_for_step(every: int, tmp_path: Path) -> None:
+    fast_mon, calls = _monitored_fit(every, True, tmp_path / "fast")
+    plain_mon, plain_calls = _monitored_fit(every, False, tmp_path / "plain")
+    total = 2 * STEPS_PER_EPOCH
+    recorded = list(range(0, total, every))
+    assert plain_calls == []  # fast=False: no fast step at all
+    assert [r.step for r in plain_mon.records] == recorded
+    assert [r.step for r in fast_mon.records] == recorded
+    # every unrecorded step was fast, every recorded one plain (through the hooks)
+    assert sum(calls) == total - len(recorded) and len(calls) == total - len(recorded)
+    for a, b in zip(fast_mon.records, plain_mon.records, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-4)
+        assert len(a.layers) == len(b.layers) == 2
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            for key in LAYER_STATS_KEYS:
+                va, vb = getattr(la, key), getattr(lb, key)
+                if isinstance(va, float) and isinstance(vb, float):
+                    assert math.isclose(va, vb, rel_tol=2e-3, abs_tol=1e-6), (a.step, key)
+                else:
+                    assert va == vb, (a.step, key)
+    # the update ratio of a recorded step after fast steps is measured (snapshot by pass_step)
+    assert all(layer.update_ratio is not None for r in fast_mon.records[1:] for layer in r.layers)
+    log = monitor.read(tmp_path / "fast")
+    assert [r.step for r in log.records] == recorded
+    assert all(r.loss is not None for r in log.records)
+
+
+def test_someone_elses_hook_still_turns_the_fast_path_off(tmp_path: Path) -> None:
+    model = toy_model()
+    seen: list[int] = []
+    model[0].register_forward_hook(lambda m, a, o: seen.append(1))
+    with monitor.watch(model, every=4, out=tmp_path) as mon:
+        fit(model, toy_data(), cfg(epochs=1), monitor=mon)
+    assert len(seen) == STEPS_PER_EPOCH + 3  # every step ran forward (+3 evaluations)
+    assert [r.step for r in mon.records] == [0, 4, 8, 12]
+
+
+def test_pass_step_refuses_a_recorded_step_and_optimizer_monitors() -> None:
+    model = toy_model()
+    with monitor.watch(model, every=2) as mon:
+        assert mon.records_next_step()
+        with pytest.raises(RuntimeError, match="step 0 is recorded: run it through the model"):
+            mon.pass_step()
+        model(torch.randn(4, 20)).sum().backward()
+        assert not mon.records_next_step()
+        mon.pass_step()  # step 1
+        assert mon.records_next_step() and mon.step == 1
+    assert not mon.records_next_step()  # closed
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with monitor.watch(model, optimizer=optimizer) as mon:
+        assert mon.step_unit == "optimizer_step"
+        with pytest.raises(RuntimeError, match="counts optimizer steps"):
+            mon.pass_step()
+        with pytest.raises(ValueError, match="give fit a monitor made without optimizer="):
+            fit(model, toy_data(), cfg(epochs=1), monitor=mon)
+
+
+def test_fast_step_declines_only_for_hooks_not_owned_by_the_exempt_object() -> None:
+    model = toy_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = fast.FastStep(model, optimizer)
+    x, y = torch.randn(8, 20), torch.randint(0, 3, (8,))
+    with monitor.watch(model, every=100) as mon:
+        assert step.try_fast(x, y) is None  # the monitor's root hooks: not exempt
+        assert step.last_fallback == "a module has forward/backward hooks"
+        before: list[int] = []
+        out = step.try_fast(x, y, ignore_hooks_of=mon, before=lambda: before.append(1))
+        assert out is not None and before == [1]
+        assert step.try_fast(x, y, ignore_hooks_of=object()) is None
