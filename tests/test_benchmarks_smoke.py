@@ -349,3 +349,23 @@ def test_inference_variants_agree_and_are_timed() -> None:
     text = inference.table({4: samples})
     assert text.count("\n| 4 |") == 3
     assert "| 4 | no-bn |" in text and "| 1.000 | 1.000 |" in text  # no-bn against itself
+
+
+def test_monitor_overhead_measures_both_loops_and_pairs_ratios_within_repeats() -> None:
+    from benchmarks import monitor_overhead
+
+    times = monitor_overhead.measure(steps=3, repeats=1)
+    assert set(times) == set(monitor_overhead.LOOPS)
+    for per_config in times.values():
+        assert set(per_config) == {"off", "every=10", "every=1"}
+        assert all(len(v) == 1 and v[0] > 0 for v in per_config.values())
+    fake = {
+        loop: {"off": [1.0, 2.0, 4.0], "every=10": [1.02, 2.2, 4.0], "every=1": [1.5, 2.4, 4.4]}
+        for loop in monitor_overhead.LOOPS
+    }
+    text, ratios = monitor_overhead.table(fake, steps=100)
+    # paired ratios 1.02, 1.1, 1.0 → median 1.02 (met); 1.5, 1.2, 1.1 → 1.2 (met)
+    assert ratios[("torch loop", 10)] == pytest.approx(1.02)
+    assert ratios[("steadygrad fit", 1)] == pytest.approx(1.2)
+    assert "| steadygrad fit | unmonitored | 20.000 | 1 | |" in text
+    assert text.count("(met)") == 4

@@ -579,6 +579,28 @@ class FastStep:
             self._update()
         return loss, logits
 
+    def autograd_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The plain step's forward and backward (``model(x)``, autograd: every hook sees them),
+        then the fast step's fused optimizer update.
+
+        For the steps a monitor records: its hooks need the model's ``forward`` and autograd's
+        backward, but not ``torch.optim``'s per-tensor update (879 µs against 180 µs per Adam
+        step of the reference network on this machine's CPU). The gradients are accumulated
+        into zeroed ``p.grad`` buffers (0 + g = g exactly), so values are the plain step's.
+        """
+        self._link_grads()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        torch._foreach_zero_(self._grads)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if any(p.grad is not g for p, g in zip(self._params, self._grads, strict=True)):
+            self._grads = []  # a hook replaced a gradient: relink before the next fast step
+            self.optimizer.step()
+        else:
+            with torch.no_grad():
+                self._update()
+        return loss.detach(), logits.detach()
+
     def optimizer_state(self) -> dict[str, Any]:
         """The optimizer's ``state_dict()``: torch.optim's format, so checkpoints interchange."""
         return self.optimizer.state_dict()

@@ -479,7 +479,9 @@ def _fit(
                 out = fast_only.try_fast(x, y, ignore_hooks_of=watcher, before=watcher.pass_step)
                 if out is not None:
                     return out
-            return plain_step(x, y)  # through forward: the monitor's hooks see (and count) it
+            # Through forward and autograd, so the monitor's hooks see (and count) the step;
+            # the update is still the fast step's fused one.
+            return fast_only.autograd_step(x, y)
 
         take_step = monitored_step
     shuffle = torch.Generator(device="cpu").manual_seed(cfg.seed)
