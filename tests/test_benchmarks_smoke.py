@@ -351,6 +351,9 @@ def test_inference_variants_agree_and_are_timed() -> None:
     assert "| 4 | no-bn |" in text and "| 1.000 | 1.000 |" in text  # no-bn against itself
 
 
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed"
+)
 def test_monitor_overhead_measures_both_loops_and_pairs_ratios_within_repeats() -> None:
     from benchmarks import monitor_overhead
 
