@@ -984,3 +984,96 @@ def test_wrapping_fit_records_training_steps_with_their_losses(
     assert [r.loss for r in log.records] == pytest.approx([losses[s] for s in log.steps])
     assert [layer.activation for layer in log.layers] == ["elu", "elu", None]
     assert all(s.update_ratio is not None for s in log.records[1].layers)
+
+
+# --------------------------------------------------------------------- deferred forward statistics
+
+
+def _train_monitored(
+    model: nn.Module, steps: int, every: int, *, defer: bool
+) -> tuple[monitor.Monitor, list[float]]:
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    with monitor.watch(model, every=every) as mon:
+        if not defer:
+            mon._defer_allowed = False  # measure every forward signal inside the forward pass
+        for _ in range(steps):
+            x, y = torch.randn(16, 6, generator=g), torch.randint(0, 4, (16,), generator=g)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            mon.log_loss(loss)
+            losses.append(float(loss.detach()))
+    return mon, losses
+
+
+def _assert_same_records(a: monitor.Monitor, b: monitor.Monitor) -> None:
+    assert [r.step for r in a.records] == [r.step for r in b.records]
+    for ra, rb in zip(a.records, b.records, strict=True):
+        assert [layer.to_dict() for layer in ra.layers] == [layer.to_dict() for layer in rb.layers]
+
+
+def test_deferred_statistics_equal_those_measured_inside_the_forward_pass() -> None:
+    """After the first recorded step, forward statistics are queued when the step ends: the
+    same tensors, the same reductions, so the records are bitwise those of eager measuring."""
+
+    def model() -> nn.Module:
+        torch.manual_seed(3)
+        return nn.Sequential(
+            Dense(6, 12, activation="elu"), nn.Linear(12, 12), nn.Tanh(),
+            nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4),
+        )  # fmt: skip
+
+    deferred, losses_d = _train_monitored(model(), 9, 2, defer=True)
+    eager, losses_e = _train_monitored(model(), 9, 2, defer=False)
+    assert deferred._defer and not eager._defer  # later steps were deferred in the first run
+    assert losses_d == losses_e
+    _assert_same_records(deferred, eager)
+    # and the deferred numbers are right: step 8's pre-activation of the tanh layer, directly
+    assert deferred.records[-1].layers[1].pre_std is not None
+
+
+def test_a_model_that_overwrites_its_signals_in_place_is_measured_inside_the_forward() -> None:
+    def model() -> nn.Module:
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(6, 12), nn.ReLU(inplace=True), nn.Linear(12, 4))
+
+    mon, _ = _train_monitored(model(), 6, 2, defer=True)
+    assert not mon._defer and not mon._defer_allowed  # step 0 saw the in-place ReLU
+    eager, _ = _train_monitored(model(), 6, 2, defer=False)
+    _assert_same_records(mon, eager)
+    assert all(r.layers[0].pre_std is not None for r in mon.records)
+
+
+def test_a_signal_overwritten_after_deferring_began_is_noted_and_measuring_goes_back() -> None:
+    """From the 3rd forward on, the model adds 1 in place to layer a's output after layer b took
+    a copy of it: the first recorded step (eager) saw nothing change, so step 2 is deferred and
+    finds z changed; its pre-activation statistics are missing, and later steps are eager."""
+    torch.manual_seed(3)
+    a, b = nn.Linear(6, 12), nn.Linear(12, 4)
+    calls = [0]
+
+    class Late(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = a, b
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            z = self.a(x)
+            out = self.b(z.clone())
+            if calls[0] >= 3:
+                z.add_(1.0)  # nothing in autograd needs z itself
+            return out
+
+    mon, _ = _train_monitored(Late(), 8, 2, defer=True)
+    assert [r.step for r in mon.records] == [0, 2, 4, 6]
+    by_step = {r.step: r.layers[0] for r in mon.records}
+    assert by_step[0].pre_std is not None  # eager, intact
+    assert by_step[2].pre_std is None  # deferred, and z changed before the step ended
+    assert any("overwritten in place after its layer ran (step 2)" in n for n in mon.notes)
+    assert not mon._defer and not mon._defer_allowed
+    assert by_step[4].pre_std is not None and by_step[6].pre_std is not None  # eager again
