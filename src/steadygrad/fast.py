@@ -49,9 +49,11 @@ BatchNorm buffers and the optimizer's ``state`` (``step``, ``exp_avg``, ``exp_av
 ``model.state_dict()``, ``optimizer.state_dict()``, checkpoints, ``load_state_dict`` and learning
 rate schedulers (``param_groups[0]["lr"]`` is read at every step) keep working, fast and plain steps
 can be mixed freely, and a checkpoint written after fast steps resumes on the plain path and vice
-versa. Whenever a step cannot be taken fast — a module or parameter has hooks (the gradient
-monitor), autocast is on, the input does not fit — the call runs the plain step instead and says
-why in :attr:`FastStep.last_fallback`.
+versa. Whenever a step cannot be taken fast — a module or parameter has hooks, autocast is on,
+the input does not fit — the call runs the plain step instead and says why in
+:attr:`FastStep.last_fallback`. A gradient monitor's hooks need not stop it: ``fit(...,
+monitor=mon)`` takes the steps ``mon`` does not record fast (``ignore_hooks_of=mon``, after
+``mon.pass_step()``) and the recorded ones by :meth:`FastStep.autograd_step`.
 
 Supported models: an ``nn.Sequential`` (e.g. :class:`steadygrad.models.MLP`) of ``Linear``/
 :class:`~steadygrad.nn.Dense` (with its own activation or not), :class:`~steadygrad.nn.BatchNorm`/
