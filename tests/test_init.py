@@ -355,14 +355,15 @@ def test_get_functions_and_passthrough() -> None:
 def test_names_lists_every_registry_entry() -> None:
     assert init.names() == sorted(
         [
-            "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "kaiming_normal",
+            "constant", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+            "kaiming_normal",
             "kaiming_uniform", "lecun_normal", "lecun_uniform", "normal", "ones", "orthogonal",
             "uniform", "uniform_fan_in", "variance_scaling", "xavier_normal", "xavier_uniform",
             "zeros",
         ]
     )  # fmt: skip
     for name in init.names():
-        if name != "uniform":
+        if name not in ("uniform", "constant"):  # these need an argument (limit, value)
             assert callable(init.get(name))
 
 
@@ -468,7 +469,7 @@ def test_recommended_torch_modules_and_functions(activation: Any, expected: str)
 def test_unknown_initializer_name_lists_names_and_closest_match() -> None:
     with pytest.raises(
         ValueError,
-        match=r"initializer must be one of 'glorot_normal', .*'zeros'; "
+        match=r"initializer must be one of 'constant', 'glorot_normal', .*'zeros'; "
         r"got 'he_norml' \(did you mean 'he_normal'\?\)",
     ):
         init.get("he_norml")
@@ -575,3 +576,19 @@ def test_baseline_argument_errors() -> None:
 def test_from_config_rejects_non_variance_scaling() -> None:
     with pytest.raises(ValueError, match=r"does not describe a variance-scaling initializer"):
         init.VarianceScaling.from_config({"name": "zeros"})
+
+
+def test_constant_fills_the_value_and_is_reachable_by_name_and_config() -> None:
+    w = torch.empty(4, 3)
+    assert init.constant_(w, -5.0) is w and torch.equal(w, torch.full((4, 3), -5.0))
+    torch.nn.init.constant_(expected := torch.empty(7), 0.25)
+    built = init.get({"name": "constant", "value": 0.25})
+    assert built is not None
+    assert torch.equal(built(torch.empty(7)), expected)  # torch.nn.init's own result
+    assert "constant" in init.names()
+    with pytest.raises(TypeError, match=r"initializer 'constant' needs argument\(s\) value"):
+        init.get("constant")
+    with pytest.raises(ValueError, match="value"):
+        init.constant_(torch.empty(2), float("nan"))
+    with pytest.raises(ValueError, match="constant_: tensor must have a floating-point dtype"):
+        init.constant_(torch.zeros(2, dtype=torch.int64), 1.0)

@@ -80,6 +80,7 @@ __all__ = [
     "Initializer",
     "VarianceScaling",
     "compute_fans",
+    "constant_",
     "get",
     "glorot_normal_",
     "glorot_uniform_",
@@ -484,6 +485,17 @@ def ones_(tensor: torch.Tensor, *, generator: torch.Generator | None = None) -> 
         return tensor.fill_(1.0)
 
 
+def constant_(
+    tensor: torch.Tensor, value: float, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fill with ``value`` (Keras ``Constant``; ``torch.nn.init.constant_``), e.g. negative biases
+    that leave ReLU units dead from the first step. ``generator`` is accepted and unused."""
+    value = _finite("value", value)
+    _float_tensor(tensor, "constant_")
+    with torch.no_grad():
+        return tensor.fill_(value)
+
+
 def normal_(
     tensor: torch.Tensor,
     std: float = 1.0,
@@ -528,6 +540,7 @@ _PRESETS: Final[dict[str, VarianceScaling]] = {
 _PRESETS_WITH_MODE: Final = frozenset(_PRESETS) - {"uniform_fan_in"}
 
 _FUNCTIONS: Final[dict[str, Initializer]] = {
+    "constant": constant_,
     "normal": normal_,
     "ones": ones_,
     "orthogonal": orthogonal_,
@@ -591,7 +604,7 @@ def get(identifier: str | Mapping[str, Any] | Initializer | None) -> Initializer
 
     - a name, matched leniently ("he_normal", "HeNormal", "he-normal"; aliases "xavier_*",
       "kaiming_*"): variance-scaling presets come back as :class:`VarianceScaling` objects, the
-      others ("orthogonal", "zeros", "ones", "normal") as functions;
+      others ("orthogonal", "zeros", "ones", "constant", "normal", "uniform") as functions;
     - a config dict ``{"name" | "class_name": name, **kwargs}`` (or Keras's nested
       ``{"class_name": ..., "config": {...}}``), e.g. ``{"name": "normal", "std": 0.01}``,
       ``{"name": "he_normal", "mode": "fan_avg"}`` or :meth:`VarianceScaling.to_config`'s output;
