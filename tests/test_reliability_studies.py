@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.test_studies import profile_spec
 
 from steadygrad import studies
 from steadygrad.studies import RunRecord, WorkerPool, run_grid, spec_key
@@ -89,23 +90,6 @@ def cache(tmp_path: Path) -> Iterator[tuple[Path, EntryWrites]]:
     watcher = EntryWrites(folder)
     yield folder, watcher
     watcher.close()
-
-
-def profile_spec(root: Path, seed: int, width: int = 8, depth: int = 3) -> dict[str, Any]:
-    return {
-        "task": "profile",
-        "label": {"seed": seed},
-        "model": {
-            "input_dim": 784,
-            "hidden": [width] * depth,
-            "output_dim": 10,
-            "activation": "tanh",
-            "initializer": "glorot_uniform",
-        },
-        "data": {"name": "fashion-mnist", "root": str(root), "standardize": True},
-        "batch": 16,
-        "seed": seed,
-    }
 
 
 def entries(keys: Iterable[str]) -> Counter[str]:
