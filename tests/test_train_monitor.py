@@ -144,3 +144,29 @@ def test_autograd_step_equals_the_plain_step(kind: str) -> None:
     assert state_a.keys() == state_b.keys()
     if kind == "adam":
         assert all(float(state_b[k]["step"]) == 6 for k in state_b)
+
+
+def test_the_divergence_replay_is_not_recorded_again(tmp_path: Path) -> None:
+    from steadygrad.errors import TrainingDiverged
+
+    model = toy_model(bn=False)
+    with monitor.watch(model, every=2, out=tmp_path) as mon:
+        with pytest.raises(TrainingDiverged, match="training diverged at epoch 1"):
+            fit(model, toy_data(), cfg(optimizer="sgd", lr=1e18, epochs=1), monitor=mon)
+        assert mon.step == STEPS_PER_EPOCH - 1  # the replay's forwards were not steps
+    steps = [r.step for r in mon.records]
+    assert steps == list(range(0, STEPS_PER_EPOCH, 2))  # each step once, none from the replay
+    assert any(layer.nan + layer.inf > 0 for r in mon.records for layer in r.layers)
+
+
+def test_paused_forwards_are_not_steps() -> None:
+    model = toy_model()
+    x = torch.randn(8, 20)
+    with monitor.watch(model, every=1) as mon:
+        model(x).sum().backward()  # type: ignore[no-untyped-call]
+        with mon.paused():
+            for _ in range(3):
+                model(x).sum().backward()  # type: ignore[no-untyped-call]
+            mon.pass_step()  # ignored as well
+        model(x).sum().backward()  # type: ignore[no-untyped-call]
+    assert [r.step for r in mon.records] == [0, 1]

@@ -587,19 +587,21 @@ def _fit(
             train_seconds = time.perf_counter() - started
             if bad:
                 _restore(model, optimizer, snapshot)
-                _diagnose_divergence(
-                    model,
-                    optimizer,
-                    take_step,
-                    train,
-                    plan,
-                    perm,
-                    epoch,
-                    snap_k,
-                    snap_step,
-                    cfg,
-                    ckpt_path,
-                )
+                replaying = monitor.paused() if monitor is not None else contextlib.nullcontext()
+                with replaying:  # the replay's steps were recorded already
+                    _diagnose_divergence(
+                        model,
+                        optimizer,
+                        take_step,
+                        train,
+                        plan,
+                        perm,
+                        epoch,
+                        snap_k,
+                        snap_step,
+                        cfg,
+                        ckpt_path,
+                    )
             train_loss, train_acc = sums.read()
             record: dict[str, Any] = {
                 "epoch": epoch + 1,

@@ -24,9 +24,10 @@ between z and the next layer's input (``F.relu``, ``torch.tanh``, …); else non
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -298,6 +299,7 @@ class Monitor:
         # ran; see _measure.
         self._defer = False
         self._defer_allowed = True
+        self._paused = 0
 
         self._tensorboard: Any = None
         self._writer: _output.LogWriter | None = None
@@ -378,6 +380,20 @@ class Monitor:
             unsealed.record.loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
             self._seal()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside this context the model's forward passes are not steps: not counted, not
+        recorded (e.g. a replay of steps already taken, or train-mode evaluation).
+
+        ``steadygrad.fit`` pauses its monitor while it replays a diverged epoch to find the
+        first bad step, so the records keep their step numbers.
+        """
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
     def records_next_step(self) -> bool:
         """Whether the next step will be recorded (always False once closed or stopped).
 
@@ -402,7 +418,7 @@ class Monitor:
                 "pass_step() is for monitors that count forward passes; this one counts "
                 "optimizer steps (watch(..., optimizer=...)), which need no call"
             )
-        if self._closed or self._broken:
+        if self._closed or self._broken or self._paused:
             return
         if self.records_next_step():
             raise RuntimeError(
@@ -610,7 +626,7 @@ class Monitor:
 
     @_guarded
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not module.training:
+        if not module.training or self._paused:
             return
         if self._optimizer is not None:  # a step is an optimizer step: record its first forward
             if self._forward_seen:
