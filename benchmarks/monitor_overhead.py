@@ -167,8 +167,8 @@ def table(
     return "\n".join(lines), ratios
 
 
-def append_results(text: str, command: str) -> None:
-    """Add a dated entry at the end of the "Monitor overhead" section of RESULTS.md.
+def append_results(text: str, command: str, heading: str = HEADING) -> None:
+    """Add a dated entry at the end of the ``heading`` section of RESULTS.md.
 
     The section is created at the end of the file the first time; later entries go after the
     previous ones, before the next section (other benchmarks write their own sections).
@@ -179,11 +179,11 @@ def append_results(text: str, command: str) -> None:
         f"### {stamp}\n\n`{command}` — {machine}, {torch.get_num_threads()} thread(s)\n\n{text}\n"
     )
     existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    start = existing.find(HEADING + "\n")
+    start = existing.find(heading + "\n")
     if start < 0:
-        updated = existing.rstrip("\n") + ("\n\n" if existing else "") + HEADING + "\n\n" + entry
+        updated = existing.rstrip("\n") + ("\n\n" if existing else "") + heading + "\n\n" + entry
     else:
-        following = existing.find("\n## ", start + len(HEADING))
+        following = existing.find("\n## ", start + len(heading))
         end = len(existing) if following < 0 else following + 1
         section = existing[:end].rstrip("\n") + "\n\n" + entry
         updated = section + ("\n" + existing[end:] if end < len(existing) else "")

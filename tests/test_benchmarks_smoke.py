@@ -372,3 +372,25 @@ def test_monitor_overhead_measures_both_loops_and_pairs_ratios_within_repeats() 
     assert ratios[("steadygrad fit", 1)] == pytest.approx(1.2)
     assert "| steadygrad fit | unmonitored | 20.000 | 1 | |" in text
     assert text.count("(met)") == 4
+
+
+def test_monitor_profile_runs_each_configuration_and_restores_the_statistics() -> None:
+    from benchmarks import monitor_profile
+
+    from steadygrad.monitor import _stats
+
+    before = _stats.moments
+    times = monitor_profile.measure(steps=2, repeats=1)
+    assert _stats.moments is before  # the stubs are gone
+    assert set(times) == set(monitor_profile.CONFIGS)
+    assert all(len(v) == 1 and v[0] > 0 for v in times.values())
+    text = monitor_profile.table(
+        {
+            "off": [0.002, 0.003],
+            "hooks only": [0.0025, 0.0034],
+            "full": [0.004, 0.005],
+            "reductions alone": [0.0028, 0.0037],
+        }
+    )
+    assert "| hooks only | 2.950 | 450 |" in text  # medians: 2.95 ms; (500 + 400) / 2 µs
+    assert "| full | 4.500 | 2000 |" in text

@@ -145,6 +145,8 @@ def between(target: Any, later: torch.Tensor) -> Trace:
         return Trace("none")
     if target is None or start is None:
         return Trace("unreachable")
+    if any(child is target for child, _ in start.next_functions):
+        return _read_path([start])  # one operation between z and `later` (the common case)
     # Breadth-first from `later` towards the inputs; `parent` maps a node to the node it was
     # reached from (the one closer to `later`), so the path z → later can be read back.
     parent: dict[Any, Any] = {start: None}
@@ -161,8 +163,17 @@ def between(target: Any, later: torch.Tensor) -> Trace:
                 queue.append(child)
     if not found:
         return Trace("unreachable")
+    path = []
     node = parent[target]  # the first operation applied to z
     while node is not None:
+        path.append(node)
+        node = parent[node]
+    return _read_path(path)
+
+
+def _read_path(path: list[Any]) -> Trace:
+    """Read the operations from z to ``later``, in order: the first activation names it."""
+    for node in path:
         base = _base(node)
         if base in _ACTIVATION_NODES:
             built = _build(node, base)
@@ -171,5 +182,4 @@ def between(target: Any, later: torch.Tensor) -> Trace:
             return Trace("activation", activation=built)
         if not base.startswith(_STRUCTURAL_PREFIXES):
             return Trace("unknown", node=type(node).__name__)
-        node = parent[node]
     return Trace("none")
