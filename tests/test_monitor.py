@@ -1077,3 +1077,47 @@ def test_a_signal_overwritten_after_deferring_began_is_noted_and_measuring_goes_
     assert any("overwritten in place after its layer ran (step 2)" in n for n in mon.notes)
     assert not mon._defer and not mon._defer_allowed
     assert by_step[4].pre_std is not None and by_step[6].pre_std is not None  # eager again
+
+
+def test_record_json_equals_the_dict_route_with_non_finite_values() -> None:
+    from steadygrad.monitor._records import LayerStats, StepRecord, dumps
+
+    values = dict.fromkeys(
+        (
+            "pre_mean", "pre_std", "act_mean", "act_std", "saturated", "dead", "grad_out_std",
+            "grad_out_norm", "weight_std", "weight_grad_std", "weight_grad_norm", "update_ratio",
+            "recommended_std",
+        ),
+        0.25,
+    )  # fmt: skip
+    values.update(pre_mean=math.nan, act_std=math.inf, dead=-math.inf, update_ratio=None)
+    layer = LayerStats(name="a", kind="Linear", depth=1, activation=None, nan=3, inf=1, **values)
+    for loss in (0.5, None, math.nan):
+        record = StepRecord(step=7, loss=loss, layers=[layer, layer])
+        assert record.to_json() == dumps(record.to_dict())
+        assert json.loads(record.to_json())["layers"][0]["pre_mean"] is None
+
+
+def test_the_log_is_flushed_at_the_first_record_and_within_flush_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steadygrad.monitor import _output
+
+    model = ModuleMLP()
+    x, y = batch((16, 6), 4)
+    path = tmp_path / "monitor.jsonl"
+    clock = [0.0]
+    monkeypatch.setattr(_output.time, "monotonic", lambda: clock[0])
+    with monitor.watch(model, every=1, out=tmp_path) as mon:
+        for step in range(3):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            mon.log_loss(loss)
+            lines = path.read_text().splitlines()
+            if step == 0:
+                assert len(lines) == 2  # header and the first record, on disk at once
+            elif step == 1:
+                assert len(lines) == 2  # buffered: less than FLUSH_SECONDS since the last flush
+                clock[0] += _output.FLUSH_SECONDS
+        assert len(path.read_text().splitlines()) == 4  # flushed once the interval had passed
+    assert len(path.read_text().splitlines()) == 4
