@@ -68,7 +68,7 @@ RReLU's random slope, dropout, other layers, several parameter groups, …).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,7 @@ class _Layer:
 
     has_params: bool = False
     needs_input_grad: bool = True  # set by the builder: False before the first parametrised layer
+    owner: nn.Module | None = None  # the module of the Sequential it was built from
 
     def forward(self, a: Tensor) -> Tensor:
         raise NotImplementedError
@@ -136,6 +137,7 @@ class _Linear(_Layer):
         self.weight = module.weight
         self.bias = module.bias
         self.a: Tensor | None = None
+        self.out: Tensor | None = None  # kept for an observer only (see FastStep.try_fast)
 
     def forward(self, a: Tensor) -> Tensor:
         self.a = a
@@ -321,6 +323,7 @@ def _build_layers(model: nn.Module) -> list[_Layer] | str:
     layers: list[_Layer] = []
     for name, module in model.named_children():
         kind = type(module)
+        first = len(layers)
         if kind in (nn.Linear, Dense):
             assert isinstance(module, nn.Linear)
             layers.append(_Linear(module))
@@ -342,6 +345,8 @@ def _build_layers(model: nn.Module) -> list[_Layer] | str:
                 return f"layer {name!r}: {built}; supported: {_SUPPORTED}"
             if built is not None:
                 layers.append(built)
+        for layer in layers[first:]:
+            layer.owner = module
     if not any(layer.has_params for layer in layers):
         return "the model has no trainable layer"
     # Each layer writes (not adds) its gradients into p.grad: a parameter used by two layers
@@ -466,6 +471,22 @@ def make_step(
 # --------------------------------------------------------------------------- the step
 
 
+class StepObserver(Protocol):
+    """Shown by :meth:`FastStep.try_fast` what module hooks and gradient hooks would see."""
+
+    def enter(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        """``module`` is called on ``args`` (a forward pre-hook's view)."""
+
+    def exit(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        """``module`` returned ``output`` (a forward hook's view)."""
+
+    def gradient(self, output: Tensor, grad: Tensor) -> None:
+        """∂L/∂``output`` of a linear layer, during the backward pass."""
+
+    def backward_done(self) -> None:
+        """The backward pass ended; the update has not run yet."""
+
+
 def _owned_by(owner: object | None, *registries: dict[int, Any]) -> bool:
     """Whether every hook in ``registries`` is a method bound to ``owner`` (never for None)."""
     return owner is not None and all(
@@ -514,6 +535,16 @@ class FastStep:
         self._params: list[Tensor] = list(model.parameters())
         self._modules = [m for _, m in model.named_modules()]
         self._batch_norms = [layer for layer in built if isinstance(layer, _BatchNorm)]
+        # What module hooks would see, per child of the Sequential: the child, its layers and
+        # (a Dense's own activation) the module it calls inside its forward.
+        self._children = [
+            (
+                child,
+                [layer for layer in built if layer.owner is child],
+                getattr(child, "activation", None) if type(child) is Dense else None,
+            )
+            for child in model.children()
+        ]
         self._in_features = _input_width(built)
         self._grads: list[Tensor] = []
         self._state: object = None  # the optimizer.state object the lists below were taken from
@@ -543,11 +574,17 @@ class FastStep:
         *,
         ignore_hooks_of: object | None = None,
         before: Callable[[], None] | None = None,
+        observer: StepObserver | None = None,
     ) -> tuple[Tensor, Tensor] | None:
         """The fast step, or None (nothing done) when it cannot be taken; ``before()`` is called
         just before a fast step starts (``Monitor.pass_step``: the monitor counts the step only
         when it does not go through the model's ``forward``). A None counts in
-        :attr:`plain_calls`: the caller takes the plain step."""
+        :attr:`plain_calls`: the caller takes the plain step.
+
+        ``observer`` (a :class:`StepObserver`, e.g. ``Monitor.fast_observer()``) is shown what
+        the model's forward hooks would see — each module entered with its input and left with
+        its output, the root first and last — then ∂L/∂z of each linear layer's output z, then
+        the end of the backward pass, before the update."""
         reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
             self.last_fallback = reason
@@ -566,9 +603,12 @@ class FastStep:
             ]
             if counters:
                 torch._foreach_add_(counters, 1)
-            a = x
-            for layer in self._layers:
-                a = layer.forward(a)
+            if observer is None:
+                a = x
+                for layer in self._layers:
+                    a = layer.forward(a)
+            else:
+                a = self._observed_forward(x, observer)
             logits = a
             # F.cross_entropy = nll_loss(log_softmax(logits)); its backward, as autograd runs it:
             # ∂L/∂logits = softmax(logits) − onehot(y), divided by the batch size.
@@ -576,10 +616,40 @@ class FastStep:
             loss, total_weight = _nll_forward(log_p, y, None, _MEAN, _IGNORE_INDEX)
             g = _nll_backward(self._one, log_p, y, None, _MEAN, _IGNORE_INDEX, total_weight)
             g = torch._log_softmax_backward_data(g, log_p, 1, log_p.dtype)
-            for layer in self._backward_layers:
-                g = layer.backward(g)
+            if observer is None:
+                for layer in self._backward_layers:
+                    g = layer.backward(g)
+            else:
+                for layer in self._backward_layers:
+                    if isinstance(layer, _Linear) and layer.out is not None:
+                        observer.gradient(layer.out, g)
+                        layer.out = None
+                    g = layer.backward(g)
+                observer.backward_done()
             self._update()
         return loss, logits
+
+    def _observed_forward(self, x: Tensor, observer: StepObserver) -> Tensor:
+        """The forward pass, telling ``observer`` what each module's hooks would see."""
+        observer.enter(self.model, (x,))
+        a = x
+        for child, layers, inner in self._children:
+            inp = a
+            observer.enter(child, (inp,))
+            if inner is not None:  # Dense: its own activation module runs inside its forward
+                z = layers[0].forward(inp)
+                observer.enter(inner, (z,))
+                a = layers[1].forward(z) if len(layers) > 1 else z
+                observer.exit(inner, (z,), a)
+            else:
+                for layer in layers:
+                    a = layer.forward(a)
+            for layer in layers:
+                if isinstance(layer, _Linear):
+                    layer.out = z if inner is not None else a
+            observer.exit(child, (inp,), a)
+        observer.exit(self.model, (x,), a)
+        return a
 
     def autograd_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The plain step's forward and backward (``model(x)``, autograd: every hook sees them),

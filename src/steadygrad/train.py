@@ -475,10 +475,14 @@ def _fit(
         watcher, fast_only = monitor, fast_step
 
         def monitored_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if not watcher.records_next_step():
+            if watcher.records_next_step():  # the fast step shows the monitor what hooks would see
+                out = fast_only.try_fast(
+                    x, y, ignore_hooks_of=watcher, observer=watcher.fast_observer()
+                )
+            else:
                 out = fast_only.try_fast(x, y, ignore_hooks_of=watcher, before=watcher.pass_step)
-                if out is not None:
-                    return out
+            if out is not None:
+                return out
             # Through forward and autograd, so the monitor's hooks see (and count) the step;
             # the update is still the fast step's fused one.
             return fast_only.autograd_step(x, y)

@@ -207,6 +207,8 @@ class _State:
         self.deferred: list[tuple[torch.Tensor, int, Callable[[], None]]] = []
         # forward signals measured at once, with their version then (see Monitor._measure)
         self.seen: list[tuple[torch.Tensor, int]] = []
+        # z (by id) → its entry, on a step replayed from a fast step
+        self.fast_grads: dict[int, _Entry] = {}
 
     def release(self) -> None:
         """Let go of every tensor (see :meth:`_Entry.release`)."""
@@ -218,6 +220,7 @@ class _State:
         self.updates = {}
         self.deferred = []
         self.seen = []
+        self.fast_grads = {}
         if isinstance(self.loss, torch.Tensor):
             self.loss = None
 
@@ -226,6 +229,50 @@ class _State:
 class _Unsealed:
     record: StepRecord
     histograms: dict[str, dict[str, dict[str, Any]]]
+
+
+class _FastObserver:
+    """Replays a fast step's module calls and gradients through a :class:`Monitor`'s hooks."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+        model = monitor._model
+        self._root = model
+
+    def enter(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        mon = self._monitor
+        if module is self._root:
+            mon._emulating = True
+            mon._root_begin(module, args)
+        if module in mon._slots:
+            mon._layer_pre(module, args)
+        elif module in mon._activation_modules:
+            mon._act_pre(module, args)
+
+    def exit(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        mon = self._monitor
+        if module in mon._slots:
+            mon._layer_post(module, args, output)
+        elif module in mon._activation_modules:
+            mon._act_post(module, args, output)
+        if module is self._root:
+            mon._root_post(module, args, output)
+
+    def gradient(self, output: torch.Tensor, grad: torch.Tensor) -> None:
+        mon = self._monitor
+        state = mon._state
+        entry = state.fast_grads.get(id(output)) if state is not None else None
+        if state is not None and entry is not None and not mon._broken:
+            mon._guarded_take_gradient(state, entry, grad)
+
+    def backward_done(self) -> None:
+        mon = self._monitor
+        try:
+            state = mon._state
+            if state is not None and not state.finalized and not mon._broken:
+                mon._after_backward(state)
+        finally:
+            mon._emulating = False
 
 
 class Monitor:
@@ -300,6 +347,8 @@ class Monitor:
         self._defer = False
         self._defer_allowed = True
         self._paused = 0
+        # True while a step is replayed from what a fast step shows (see fast_observer)
+        self._emulating = False
 
         self._tensorboard: Any = None
         self._writer: _output.LogWriter | None = None
@@ -403,6 +452,14 @@ class Monitor:
         if self._closed or self._broken:
             return False
         return self._next_step % self.every == 0
+
+    def fast_observer(self) -> _FastObserver:
+        """A :class:`steadygrad.fast.StepObserver` through which a fast step (which calls no
+        module and builds no autograd graph) is recorded: it replays the step through this
+        monitor's own hook methods with the tensors the hooks would have seen, so the record is
+        the one a step through ``forward`` and autograd would give. ``fit(..., monitor=mon)``
+        records its steps this way when the fast step applies."""
+        return _FastObserver(self)
 
     def pass_step(self) -> None:
         """Count a training step that ran without calling the model's ``forward``.
@@ -542,7 +599,7 @@ class Monitor:
             handles.append(module.register_forward_hook(self._act_post))
 
     def _arm(self) -> None:
-        if self._permanent:
+        if self._permanent or self._emulating:
             return
         """Hook every layer and activation module for the recorded forward about to run.
 
@@ -624,8 +681,12 @@ class Monitor:
             self._state = None
             self._pending_updates = {}
 
-    @_guarded
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._emulating = False  # a real forward: nothing is being replayed
+        self._root_begin(module, args)
+
+    @_guarded
+    def _root_begin(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not module.training or self._paused:
             return
         if self._optimizer is not None:  # a step is an optimizer step: record its first forward
@@ -778,6 +839,11 @@ class Monitor:
         its outputs), which costs a quarter of ``Tensor.register_hook`` and, like it, still sees
         the gradient of z's own value when z is later overwritten in place.
         """
+        if self._emulating:  # the fast step hands ∂L/∂z over itself (see _FastObserver)
+            state.fast_grads[id(z)] = entry
+            state.expects_backward = True
+            state.callback_queued = True  # no autograd engine to call back: backward_done does
+            return
         if not z.requires_grad:
             return
         node = z.grad_fn
@@ -798,6 +864,8 @@ class Monitor:
     @_guarded
     def _gradient_hook(self, state: _State, entry: _Entry, grad: torch.Tensor) -> None:
         self._take_gradient(state, entry, grad)
+
+    _guarded_take_gradient = _gradient_hook
 
     def _take_gradient(self, state: _State, entry: _Entry, grad: torch.Tensor) -> None:
         if state.finalized or entry.grad_ref is not None:
@@ -957,7 +1025,10 @@ class Monitor:
         if later is not None and later.is_floating_point():
             self._measure(state, later, lambda: self._measure_act(state, entry, later))
             same = later is z and unchanged  # z itself goes on: no activation
-            trace = _trace.Trace("none") if same else _trace.between(entry.z_node, later)
+            # On a replayed fast step there is no graph; the step's program has no activation
+            # functions, only modules (which claim their layer): nothing else can bend z.
+            none = same or (self._emulating and entry.z_node is None)
+            trace = _trace.Trace("none") if none else _trace.between(entry.z_node, later)
         else:
             trace = _trace.Trace("unreachable")
         entry.status = trace.status
