@@ -53,7 +53,8 @@ versa. Whenever a step cannot be taken fast — a module or parameter has hooks,
 the input does not fit — the call runs the plain step instead and says why in
 :attr:`FastStep.last_fallback`. A gradient monitor's hooks need not stop it: ``fit(...,
 monitor=mon)`` takes the steps ``mon`` does not record fast (``ignore_hooks_of=mon``, after
-``mon.pass_step()``) and the recorded ones by :meth:`FastStep.autograd_step`.
+``mon.pass_step()``) and the recorded ones fast too, showing ``mon`` what its hooks would have
+seen (``observer=mon.fast_observer()``, a :class:`StepObserver`).
 
 Supported models: an ``nn.Sequential`` (e.g. :class:`steadygrad.models.MLP`) of ``Linear``/
 :class:`~steadygrad.nn.Dense` (with its own activation or not), :class:`~steadygrad.nn.BatchNorm`/
@@ -79,7 +80,7 @@ from torch.optim import optimizer as _optimizer_hooks
 from steadygrad import activations
 from steadygrad.nn import BatchNorm, Dense
 
-__all__ = ["FastStep", "make_step", "supports"]
+__all__ = ["FastStep", "StepObserver", "make_step", "supports"]
 
 _aten: Any = torch.ops.aten
 _nll_forward: Any = _aten.nll_loss_forward.default
