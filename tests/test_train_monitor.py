@@ -226,3 +226,25 @@ def test_paused_forwards_are_not_steps() -> None:
             mon.pass_step()  # ignored as well
         model(x).sum().backward()  # type: ignore[no-untyped-call]
     assert [r.step for r in mon.records] == [0, 1]
+
+
+def test_histograms_of_replayed_steps_match_the_plain_run(tmp_path: Path) -> None:
+    records = []
+    for use_fast in (True, False):
+        model = toy_model()
+        with monitor.watch(model, every=4, histograms=True, out=tmp_path / str(use_fast)) as mon:
+            fit(model, toy_data(), cfg(epochs=1, fast=use_fast), monitor=mon)
+        records.append(mon.records)
+    fast_records, plain_records = records
+    assert [r.step for r in fast_records] == [0, 4, 8, 12]
+    for a, b in zip(fast_records, plain_records, strict=True):
+        assert a.histograms.keys() == b.histograms.keys() == {"0", "3"}
+        for name, hists in a.histograms.items():
+            for which in ("act", "grad"):
+                ha, hb = hists[which], b.histograms[name][which]
+                assert sum(ha["counts"]) == sum(hb["counts"]) > 0
+                np_a, np_b = torch.tensor(ha["edges"]), torch.tensor(hb["edges"])
+                torch.testing.assert_close(np_a, np_b, rtol=2e-3, atol=1e-6)
+                # a value on a bin edge may fall on either side: counts agree to ±2 per bin
+                diff = torch.tensor(ha["counts"]) - torch.tensor(hb["counts"])
+                assert int(diff.abs().max()) <= 2, (a.step, name, which)
