@@ -32,6 +32,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _start(data_dir: Path, run: Path, *, stderr: int) -> subprocess.Popen[str]:
+    """``steadygrad train`` in the background, its output lines readable from ``stdout``."""
+    return subprocess.Popen(
+        _cmd(data_dir, run), stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env()
+    )
+
+
 def _final_tensors(run: Path) -> dict[str, torch.Tensor]:
     tensors, _ = checkpoint.load(run / "final.safetensors")
     return {k: v for k, v in tensors.items() if k.startswith(("model/", "optim/"))}
@@ -47,13 +54,7 @@ def _assert_nothing_torn(run: Path) -> None:
 
 
 def _kill_and_resume(data_dir: Path, run: Path, delay: float) -> None:
-    proc = subprocess.Popen(
-        _cmd(data_dir, run),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=_env(),
-    )
+    proc = _start(data_dir, run, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # "training mlp …": data loaded, the run folder exists
     time.sleep(delay)
@@ -103,13 +104,7 @@ def test_sigint_writes_a_checkpoint_exits_130_and_resumes_bitwise(
 ) -> None:
     reference, run = tmp_path / "reference", tmp_path / "run"
     subprocess.run(_cmd(tiny_idx_dir, reference), check=True, capture_output=True, env=_env())
-    proc = subprocess.Popen(
-        _cmd(tiny_idx_dir, run),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    proc = _start(tiny_idx_dir, run, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     for line in proc.stdout:
         if line.startswith("epoch "):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -230,11 +231,25 @@ def test_paused_forwards_are_not_steps() -> None:
 
 def test_histograms_of_replayed_steps_match_the_plain_run(tmp_path: Path) -> None:
     records = []
+    observed: list[int] = []
+    original = fast.FastStep.try_fast
+
+    def counting(self: fast.FastStep, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        if kwargs.get("observer") is not None and out is not None:
+            observed.append(1)
+        return out
+
     for use_fast in (True, False):
         model = toy_model()
-        with monitor.watch(model, every=4, histograms=True, out=tmp_path / str(use_fast)) as mon:
+        with (
+            pytest.MonkeyPatch.context() as mp,
+            monitor.watch(model, every=4, histograms=True, out=tmp_path / str(use_fast)) as mon,
+        ):
+            mp.setattr(fast.FastStep, "try_fast", counting)
             fit(model, toy_data(), cfg(epochs=1, fast=use_fast), monitor=mon)
         records.append(mon.records)
+    assert len(observed) == 4  # the 4 recorded steps of the fast run were replayed
     fast_records, plain_records = records
     assert [r.step for r in fast_records] == [0, 4, 8, 12]
     for a, b in zip(fast_records, plain_records, strict=True):

@@ -68,7 +68,7 @@ RReLU's random slope, dropout, other layers, several parameter groups, …).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import torch
@@ -381,23 +381,41 @@ def _name(value: object) -> str:
 # --------------------------------------------------------------------------- support checks
 
 
-def _hooks(model: nn.Module, owner: object | None = None) -> str | None:
-    """Name a module or parameter whose hooks the fast step would skip, or None (forward hooks
-    that are methods of ``owner`` do not count)."""
+def _hooked(
+    modules: Sequence[tuple[str, nn.Module]],
+    params: Sequence[tuple[str, Tensor]],
+    owner: object | None = None,
+) -> tuple[str, str] | None:
+    """("module" | "parameter", name) of the first one with hooks the fast step would skip, or
+    ("global", "") for module-wide hooks; None if there is none. Forward hooks that are methods
+    of ``owner`` do not count."""
     if any(_GLOBAL_MODULE_HOOKS):
-        return "global module hooks are registered"
-    for name, module in model.named_modules():
+        return "global", ""
+    for name, module in modules:
         forward = module._forward_hooks, module._forward_pre_hooks
         if (
             (any(forward) and not _owned_by(owner, *forward))
             or module._backward_hooks
             or module._backward_pre_hooks
         ):
-            return f"module {name or type(model).__name__!r} has forward/backward hooks"
-    for name, p in model.named_parameters():
+            return "module", name
+    for name, p in params:
         if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
-            return f"parameter {name!r} has gradient hooks"
+            return "parameter", name
     return None
+
+
+def _hooks(model: nn.Module, owner: object | None = None) -> str | None:
+    """Name a module or parameter whose hooks the fast step would skip, or None."""
+    found = _hooked(list(model.named_modules()), list(model.named_parameters()), owner)
+    if found is None:
+        return None
+    kind, name = found
+    if kind == "global":
+        return "global module hooks are registered"
+    if kind == "module":
+        return f"module {name or type(model).__name__!r} has forward/backward hooks"
+    return f"parameter {name!r} has gradient hooks"
 
 
 def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
@@ -534,7 +552,8 @@ class FastStep:
             layer for layer in reversed(built) if layer.has_params or layer.needs_input_grad
         ]
         self._params: list[Tensor] = list(model.parameters())
-        self._modules = [m for _, m in model.named_modules()]
+        self._named_modules = list(model.named_modules())
+        self._named_params = list(model.named_parameters())
         self._batch_norms = [layer for layer in built if isinstance(layer, _BatchNorm)]
         # What module hooks would see, per child of the Sequential: the child, its layers and
         # (a Dense's own activation) the module it calls inside its forward.
@@ -639,15 +658,16 @@ class FastStep:
             observer.enter(child, (inp,))
             if inner is not None:  # Dense: its own activation module runs inside its forward
                 z = layers[0].forward(inp)
+                assert isinstance(layers[0], _Linear)
+                layers[0].out = z
                 observer.enter(inner, (z,))
                 a = layers[1].forward(z) if len(layers) > 1 else z
                 observer.exit(inner, (z,), a)
             else:
                 for layer in layers:
                     a = layer.forward(a)
-            for layer in layers:
-                if isinstance(layer, _Linear):
-                    layer.out = z if inner is not None else a
+                    if isinstance(layer, _Linear):
+                        layer.out = a
             observer.exit(child, (inp,), a)
         observer.exit(self.model, (x,), a)
         return a
@@ -708,18 +728,14 @@ class FastStep:
             return "a batch of one in train mode"
         if torch.is_autocast_enabled(x.device.type):
             return "autocast is enabled"
-        if any(_GLOBAL_MODULE_HOOKS):
-            return "global module hooks are registered"
-        for m in self._modules:
-            if m._backward_hooks or m._backward_pre_hooks:
-                return "a module has forward/backward hooks"
-            hooked = m._forward_hooks or m._forward_pre_hooks
-            if hooked and not _owned_by(owner, m._forward_hooks, m._forward_pre_hooks):
-                return "a module has forward/backward hooks"
-        for p in self._params:
-            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
-                return "a parameter has gradient hooks"
-        return None
+        found = _hooked(self._named_modules, self._named_params, owner)
+        if found is None:
+            return None
+        return {
+            "global": "global module hooks are registered",
+            "module": "a module has forward/backward hooks",
+            "parameter": "a parameter has gradient hooks",
+        }[found[0]]
 
     def _plain_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(x)

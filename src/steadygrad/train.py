@@ -388,9 +388,10 @@ def fit(
     every checkpoint (the CLI puts the model and data configs there).
 
     ``monitor``: a :func:`steadygrad.monitor.watch` on ``model`` (made without ``optimizer=``).
-    ``fit`` gives it each step's loss, takes the steps it records through the model's
-    ``forward`` (its hooks see them) and the others by the fast step, which the monitor's hooks
-    would otherwise turn off for the whole run (``Monitor.pass_step``).
+    ``fit`` gives it each step's loss and takes every step by the fast step where it applies,
+    which the monitor's hooks would otherwise turn off for the whole run: the monitor counts the
+    steps it does not record (``Monitor.pass_step``) and is shown the ones it records
+    (``Monitor.fast_observer``); elsewhere recorded steps run through ``forward`` and autograd.
 
     With ``resume=True`` training continues from ``<out>/checkpoint.safetensors`` (epoch boundary
     or mid-epoch), restoring model, optimizer and RNG states, so the result is bitwise identical to

@@ -175,17 +175,13 @@ def moments_many(tensors: list[torch.Tensor], batch: Batch) -> list[Moments | No
     nonempty = [i for i, t in enumerate(values) if t.numel() > 0]
     if not nonempty:
         return out
-    if any(values[i].device.type == "cuda" for i in nonempty):
-        norms = torch._foreach_norm([values[i] for i in nonempty])
-        for i, norm in zip(nonempty, norms, strict=True):
-            t = values[i]
-            at_sum = batch.add(t.sum())
-            out[i] = Moments(t.numel(), at_sum, batch.add(norm), tensors[i], squared=False)
-        return out
-    for i in nonempty:
+    on_gpu = any(values[i].device.type == "cuda" for i in nonempty)
+    norms = torch._foreach_norm([values[i] for i in nonempty]) if on_gpu else None
+    for k, i in enumerate(nonempty):
         t = values[i]
         at_sum = batch.add(t.sum())
-        out[i] = Moments(t.numel(), at_sum, batch.add(sum_of_squares(t)), tensors[i])
+        second = norms[k] if norms is not None else sum_of_squares(t)
+        out[i] = Moments(t.numel(), at_sum, batch.add(second), tensors[i], squared=not on_gpu)
     return out
 
 
