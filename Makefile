@@ -18,6 +18,7 @@ data:
 test: setup data
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/python -m steadygrad.native
 	MPLBACKEND=agg $(BIN)/python -m pytest -q -n 2
 
 test-slow: setup data

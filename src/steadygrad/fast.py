@@ -109,6 +109,9 @@ _GLOBAL_OPTIMIZER_HOOKS: Final = tuple(
     if isinstance(getattr(_optimizer_hooks, name, None), dict)
 )
 _FUSED_DTYPES: Final = (torch.float32, torch.float64)
+# csrc/chain.cpp's op and activation codes
+_NATIVE_LINEAR, _NATIVE_BATCHNORM, _NATIVE_ACTIVATION = 0, 1, 2
+_NATIVE_NONE, _NATIVE_RELU, _NATIVE_LEAKY, _NATIVE_ELU = -1, 0, 1, 2
 
 
 # --------------------------------------------------------------------------- layers
@@ -228,10 +231,14 @@ class _Activation(_Layer):
         name: str,
         forward: Callable[[Tensor], Tensor],
         backward: Callable[[Tensor, Tensor, Tensor], Tensor],
+        native: tuple[int, float, float] | None = None,
     ) -> None:
         self.name = name
         self._forward = forward
         self._backward = backward
+        # (kind, a, b) for csrc/chain.cpp, whose backward reads f'(z) off the output a = f(z):
+        # relu (0, 0, 1); leaky_relu (1, slope ≥ 0, 1); elu/selu (2, α ≥ 0, scale). None: not there.
+        self.native = native
         self.saved: tuple[Tensor, Tensor] | None = None
 
     def forward(self, z: Tensor) -> Tensor:
@@ -256,7 +263,10 @@ def _activation_layer(module: nn.Module) -> _Activation | str | None:
         return None  # the identity on the (batch, features) inputs the step takes
     if kind in (nn.ReLU, activations.ReLU):
         return _Activation(
-            "relu", torch.relu, lambda g, z, a: _aten.threshold_backward.default(g, a, 0)
+            "relu",
+            torch.relu,
+            lambda g, z, a: _aten.threshold_backward.default(g, a, 0),
+            (_NATIVE_RELU, 0.0, 1.0),
         )
     if kind in (nn.LeakyReLU, activations.LeakyReLU):
         slope = float(module.negative_slope)  # type: ignore[arg-type]
@@ -264,6 +274,7 @@ def _activation_layer(module: nn.Module) -> _Activation | str | None:
             "leaky_relu",
             lambda z: F.leaky_relu(z, slope),
             lambda g, z, a: _aten.leaky_relu_backward.default(g, z, slope, False),
+            (_NATIVE_LEAKY, slope, 1.0) if slope >= 0 else None,
         )
     if kind in (nn.ELU, activations.ELU):
         alpha = float(module.alpha)  # type: ignore[arg-type]
@@ -271,12 +282,14 @@ def _activation_layer(module: nn.Module) -> _Activation | str | None:
             "elu",
             lambda z: F.elu(z, alpha),
             lambda g, z, a: _aten.elu_backward.default(g, alpha, 1, 1, False, z),
+            (_NATIVE_ELU, alpha, 1.0) if alpha >= 0 else None,
         )
     if kind in (nn.SELU, activations.SELU):
         return _Activation(
             "selu",
             torch.selu,
             lambda g, z, a: _aten.elu_backward.default(g, _SELU_ALPHA, _SELU_SCALE, 1, False, z),
+            (_NATIVE_ELU, _SELU_ALPHA, _SELU_SCALE),
         )
     if kind in (nn.Sigmoid, activations.Sigmoid):
         return _Activation(
@@ -362,6 +375,98 @@ def _build_layers(model: nn.Module) -> list[_Layer] | str:
         layer.needs_input_grad = seen_params
         seen_params = seen_params or layer.has_params
     return layers
+
+
+class _NativeChain:
+    """The step's layers as ``csrc/chain.cpp``'s program: forward, loss and backward in one call.
+
+    Each BatchNorm takes the activation after it into the same op (statistics, normalisation and
+    activation in one pass; their backward in one more). It applies to float32 CPU models whose
+    BatchNorms use batch statistics (train mode) and whose activations the kernel has
+    (``_Activation.native``); :meth:`run` returns None for anything else, before changing
+    anything, and the Python step runs instead. Values equal the Python step's to float rounding
+    (the kernel sums in another order and has its own e^x): ``tests/test_native.py``.
+    """
+
+    def __init__(
+        self,
+        kernels: Any,
+        ops: list[int],
+        scalars: list[float],
+        parts: list[_Layer],
+        needs: list[bool],
+    ) -> None:
+        self.kernels = kernels
+        self.ops = ops
+        self.scalars = scalars
+        self.parts = parts
+        self.needs = needs
+        self.batch_norms = [p for p in parts if isinstance(p, _BatchNorm)]
+
+    @classmethod
+    def build(cls, kernels: Any, layers: list[_Layer]) -> _NativeChain | None:
+        """The program for ``layers``, or None if a layer is not in the kernel."""
+        ops: list[int] = []
+        scalars: list[float] = []
+        parts: list[_Layer] = []
+        needs: list[bool] = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, _Linear):
+                ops.append(_NATIVE_LINEAR)
+                scalars += [0.0] * 5
+            elif isinstance(layer, _BatchNorm):
+                following = layers[i + 1] if i + 1 < len(layers) else None
+                act: tuple[int, float, float] = (_NATIVE_NONE, 0.0, 1.0)
+                if isinstance(following, _Activation) and following.native is not None:
+                    act = following.native
+                    i += 1
+                ops.append(_NATIVE_BATCHNORM)
+                scalars += [layer.factor, layer.eps, *act]
+            elif isinstance(layer, _Activation) and layer.native is not None:
+                ops.append(_NATIVE_ACTIVATION)
+                scalars += [*layer.native, 0.0, 0.0]
+            else:
+                return None
+            parts.append(layer)
+            needs.append(layer.needs_input_grad)
+            i += 1
+        return cls(kernels, ops, scalars, parts, needs)
+
+    def run(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(loss, logits)`` with the gradients in ``p.grad``, or None where it does not apply."""
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            return None
+        for bn in self.batch_norms:
+            if not (bn.module.training or bn.always_batch_stats):
+                return None
+        tensors: list[Tensor | None] = []
+        for part in self.parts:
+            if isinstance(part, _Linear):
+                bias = part.bias
+                tensors += [
+                    part.weight,
+                    bias,
+                    part.weight.grad,
+                    None if bias is None else bias.grad,
+                    None,
+                    None,
+                ]
+            elif isinstance(part, _BatchNorm):
+                gamma, beta, module = part.weight, part.bias, part.module
+                tensors += [
+                    gamma,
+                    beta,
+                    None if gamma is None else gamma.grad,
+                    None if beta is None else beta.grad,
+                    module.running_mean,
+                    module.running_var,
+                ]
+            else:
+                tensors += [None] * 6
+        out = self.kernels.forward_backward(x, y, self.ops, self.scalars, tensors, self.needs)
+        return (out[0], out[1]) if out else None
 
 
 def _input_width(layers: list[_Layer]) -> int:
@@ -476,15 +581,25 @@ def supports(
 
 
 def make_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, *, ignore_hooks_of: object | None = None
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    ignore_hooks_of: object | None = None,
+    native: bool = False,
 ) -> FastStep | None:
     """A :class:`FastStep` for ``model`` and ``optimizer``, or None where :func:`supports` says no.
 
     ``optimizer`` is the ``torch.optim`` optimizer the plain path would use (built over
     ``model.parameters()``); the fast step updates its state, so checkpoints keep their format.
+    ``native=True``: forward and backward by :mod:`steadygrad.native`'s C++ kernels where they
+    apply (float32 on the CPU, train-mode BatchNorm, ReLU/leaky ReLU/ELU/SELU/identity), built on
+    first use; equal to the Python step to float rounding, not bit for bit. Without a compiler it
+    quietly runs the Python step.
     """
     ok, _ = supports(model, optimizer, ignore_hooks_of=ignore_hooks_of)
-    return FastStep(model, optimizer, ignore_hooks_of=ignore_hooks_of) if ok else None
+    if not ok:
+        return None
+    return FastStep(model, optimizer, ignore_hooks_of=ignore_hooks_of, native=native)
 
 
 # --------------------------------------------------------------------------- the step
@@ -539,6 +654,7 @@ class FastStep:
         optimizer: torch.optim.Optimizer,
         *,
         ignore_hooks_of: object | None = None,
+        native: bool = False,
     ) -> None:
         ok, reason = supports(model, optimizer, ignore_hooks_of=ignore_hooks_of)
         if not ok:
@@ -566,6 +682,14 @@ class FastStep:
             for child in model.children()
         ]
         self._in_features = _input_width(built)
+        self._native: _NativeChain | None = None
+        if native:
+            from steadygrad import native as native_kernels  # builds them on first use
+
+            kernels = native_kernels.load()
+            if kernels is not None:
+                self._native = _NativeChain.build(kernels, built)
+        self.native_calls = 0
         self._grads: list[Tensor] = []
         self._state: object = None  # the optimizer.state object the lists below were taken from
         self._state_lists: list[list[Tensor]] = []
@@ -623,6 +747,12 @@ class FastStep:
             ]
             if counters:
                 torch._foreach_add_(counters, 1)
+            if observer is None and self._native is not None:
+                out = self._native.run(x, y)
+                if out is not None:
+                    self.native_calls += 1
+                    self._update()
+                    return out
             if observer is None:
                 a = x
                 for layer in self._layers:

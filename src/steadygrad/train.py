@@ -106,6 +106,7 @@ class TrainConfig:
     progress: bool | None = None  # progress bar; None = only when stderr is a terminal
     progress_every: int = 50  # steps between progress-bar loss reads (each one is a host sync)
     fast: bool = True  # steadygrad.fast's hand-written step where it applies (equal to rounding)
+    native: bool = True  # its C++ forward/backward (steadygrad.native) where it applies and builds
     threads: int | None = None  # torch intra-op threads while training; None keeps torch's
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, stored with the run
 
@@ -459,7 +460,13 @@ def _fit(
     optimizer = make_optimizer(iter(list(model.parameters())), cfg)
     # The fast step computes the same update without autograd (see steadygrad.fast); it falls
     # back to the plain step by itself whenever a call cannot be taken fast (hooks, e.g.).
-    fast_step = fast.make_step(model, optimizer, ignore_hooks_of=monitor) if cfg.fast else None
+    # With cfg.native, its forward and backward run in C++ (steadygrad.native, built on first use;
+    # without a compiler the Python fast step runs).
+    fast_step = (
+        fast.make_step(model, optimizer, ignore_hooks_of=monitor, native=cfg.native)
+        if cfg.fast
+        else None
+    )
 
     def plain_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
@@ -670,6 +677,7 @@ def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> No
         "out",
         "eval_batch_size",
         "fast",
+        "native",
     }
     current = cfg.to_dict()
     changed = [k for k in current if k not in ignore and k in stored and stored[k] != current[k]]

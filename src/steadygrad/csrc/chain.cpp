@@ -1,0 +1,428 @@
+// steadygrad native kernels: forward and backward of a chain of Linear / BatchNorm / activation
+// layers with mean cross-entropy, in one call (see steadygrad/_native.py for why and how it is
+// built, and steadygrad/fast.py for the formulas, which are the same as the Python fast step's).
+//
+// The matrix products are ATen's (at::addmm / at::mm_out: MKL or OpenBLAS, as on every other
+// path). What is written here is everything between them, which on a CPU costs as much as the
+// products for a small network: BatchNorm's statistics, normalisation and activation in one pass
+// over the layer's output (and their backward in one more), the loss and its gradient in one pass
+// over the logits, and no Python between kernels.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+enum Op : int64_t { kLinear = 0, kBatchNorm = 1, kActivation = 2 };
+enum Act : int64_t { kNone = -1, kRelu = 0, kLeaky = 1, kElu = 2 };
+
+// Values per op in `scalars`: BatchNorm (factor, eps, act, a, b); activation (act, a, b, 0, 0).
+// act kRelu; kLeaky with a = negative slope; kElu with a = alpha, b = scale (SELU: λα, λ).
+constexpr int64_t kScalars = 5;
+// Tensors per op in `tensors`: Linear (W, b, W.grad, b.grad, -, -); BatchNorm (γ, β, γ.grad,
+// β.grad, running_mean, running_var).
+constexpr int64_t kTensors = 6;
+
+// e^x for x ≤ 0 (the ELU branch), vectorisable: x = n ln2 + r, e^x = 2^n p(r) with Cephes'
+// polynomial for expf (Moshier 1992), relative error ≈ 1e-7 (a float's rounding). Below −87 it
+// returns ~0, where ELU is −α to float precision.
+inline float exp_neg(float x) {
+  x = std::max(x, -87.0f);
+  // round(x log2 e) without a libm call (which would stop the loop's vectorisation): adding and
+  // subtracting 1.5·2²³ rounds a float of magnitude < 2²² to the nearest integer.
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+struct Activation {
+  int64_t kind = kNone;
+  float a = 0.0f;
+  float b = 1.0f;
+};
+
+// y = f(z) and f'(z) from the output y, one template instance per kind so that the loops using
+// them have no branch on the kind and vectorise. ReLU [y > 0]; leaky 1 or slope (slope ≥ 0);
+// ELU b·z, or b·a·(eᶻ − 1), whose slope is b or y + b·a (= b·a·eᶻ) (a ≥ 0; SELU: a = α, b = λ).
+template <int64_t K>
+inline float act_forward(float z, float a, float b) {
+  if constexpr (K == kRelu) return z > 0.0f ? z : 0.0f;
+  if constexpr (K == kLeaky) return z > 0.0f ? z : z * a;
+  if constexpr (K == kElu) {
+    const float e = b * a * (exp_neg(std::min(z, 0.0f)) - 1.0f);
+    return z > 0.0f ? b * z : e;
+  }
+  return z;
+}
+template <int64_t K>
+inline float act_slope(float y, float a, float b) {
+  if constexpr (K == kRelu) return y > 0.0f ? 1.0f : 0.0f;
+  if constexpr (K == kLeaky) return y > 0.0f ? 1.0f : a;
+  if constexpr (K == kElu) return y > 0.0f ? b : y + b * a;
+  return 1.0f;
+}
+
+// Calls fn.template operator()<K>() for the activation's kind.
+template <typename Fn>
+void dispatch(const Activation& act, Fn&& fn) {
+  switch (act.kind) {
+    case kRelu:
+      fn.template operator()<kRelu>();
+      break;
+    case kLeaky:
+      fn.template operator()<kLeaky>();
+      break;
+    case kElu:
+      fn.template operator()<kElu>();
+      break;
+    default:
+      fn.template operator()<kNone>();
+  }
+}
+
+// y_ij = f(h_ij·scale_j + shift_j) over rows [i0, i1) of an (m, n) block, n contiguous.
+template <int64_t K>
+void affine_act(const float* __restrict__ h, const float* __restrict__ scale,
+                const float* __restrict__ shift, float* __restrict__ y, int64_t i0, int64_t i1,
+                int64_t n, float a, float b) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* __restrict__ row = h + i * n;
+    float* __restrict__ out = y + i * n;
+    for (int64_t j = 0; j < n; ++j) out[j] = act_forward<K>(row[j] * scale[j] + shift[j], a, b);
+  }
+}
+
+// y_i = f(z_i) and dz_i = g_i f'(z_i) (from y_i) over [i0, i1).
+template <int64_t K>
+void act_map(const float* __restrict__ z, float* __restrict__ y, int64_t i0, int64_t i1, float a,
+             float b) {
+  for (int64_t i = i0; i < i1; ++i) y[i] = act_forward<K>(z[i], a, b);
+}
+template <int64_t K>
+void act_grad(const float* __restrict__ g, const float* __restrict__ y, float* __restrict__ dz,
+              int64_t i0, int64_t i1, float a, float b) {
+  for (int64_t i = i0; i < i1; ++i) dz[i] = g[i] * act_slope<K>(y[i], a, b);
+}
+
+int64_t grain(int64_t rows) { return std::max<int64_t>(16, 32768 / std::max<int64_t>(rows, 1)); }
+
+// One (batch m, features n) block in train mode: per feature j, μ_j = mean_i h_ij,
+// σ²_j = mean_i (h_ij − μ_j)² (biased), invstd_j = 1/√(σ²_j + ε), y_ij = f(γ_j (h_ij − μ_j)
+// invstd_j + β_j); moving statistics ← (1 − factor)·moving + factor·(μ, σ² m/(m − 1)).
+void batch_norm_forward(const at::Tensor& h, const at::Tensor& gamma, const at::Tensor& beta,
+                        const at::Tensor& running_mean, const at::Tensor& running_var,
+                        double factor, double eps, const Activation& act, at::Tensor& y,
+                        at::Tensor& mean, at::Tensor& invstd) {
+  const int64_t m = h.size(0), n = h.size(1);
+  const float* hp = h.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* mp = mean.data_ptr<float>();
+  float* sp = invstd.data_ptr<float>();
+  const float* gp = gamma.defined() ? gamma.data_ptr<float>() : nullptr;
+  const float* bp = beta.defined() ? beta.data_ptr<float>() : nullptr;
+  float* rmp = running_mean.defined() ? running_mean.data_ptr<float>() : nullptr;
+  float* rvp = running_var.defined() ? running_var.data_ptr<float>() : nullptr;
+  const float f = static_cast<float>(factor);
+  const float e = static_cast<float>(eps);
+  const float inv_m = 1.0f / static_cast<float>(m);
+  const float unbias = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
+  std::vector<float> scale(static_cast<size_t>(n)), shift(scale.size());
+  float* scp = scale.data();
+  float* shp = shift.data();
+  at::parallel_for(0, n, grain(m), [&](int64_t j0, int64_t j1) {
+    const int64_t w = j1 - j0;
+    std::vector<float> acc(static_cast<size_t>(w));
+    float* s = acc.data();
+    for (int64_t i = 0; i < m; ++i) {
+      const float* row = hp + i * n + j0;
+#pragma GCC ivdep
+      for (int64_t j = 0; j < w; ++j) s[j] += row[j];
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      mp[j0 + j] = s[j] * inv_m;
+      s[j] = 0.0f;
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const float* row = hp + i * n + j0;
+      const float* mu = mp + j0;
+#pragma GCC ivdep
+      for (int64_t j = 0; j < w; ++j) {
+        const float d = row[j] - mu[j];
+        s[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      const float var = s[j] * inv_m;
+      const float is = 1.0f / std::sqrt(var + e);
+      sp[j0 + j] = is;
+      const float g = gp ? gp[j0 + j] : 1.0f;
+      scp[j0 + j] = g * is;
+      shp[j0 + j] = (bp ? bp[j0 + j] : 0.0f) - mp[j0 + j] * g * is;
+      if (rmp) rmp[j0 + j] = f * mp[j0 + j] + (1.0f - f) * rmp[j0 + j];
+      if (rvp) rvp[j0 + j] = f * var * unbias + (1.0f - f) * rvp[j0 + j];
+    }
+  });
+  dispatch(act, [&]<int64_t K>() {
+    at::parallel_for(0, m, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)),
+                     [&](int64_t i0, int64_t i1) {
+                       affine_act<K>(hp, scp, shp, yp, i0, i1, n, act.a, act.b);
+                     });
+  });
+}
+
+// Backward of y = f(γ x̂ + β), x̂ = (h − μ) invstd, from g = ∂L/∂y: gz = f'·g;
+// ∂L/∂β = Σ_i gz, ∂L/∂γ = Σ_i gz x̂; ∂L/∂h = γ invstd/m · (m gz − Σ_i gz − x̂ Σ_i gz x̂)
+// (Ioffe & Szegedy 2015). dh is written only when defined.
+void batch_norm_backward(const at::Tensor& g, const at::Tensor& h, const at::Tensor& y,
+                         const at::Tensor& mean, const at::Tensor& invstd,
+                         const at::Tensor& gamma, const Activation& act, at::Tensor& dgamma,
+                         at::Tensor& dbeta, at::Tensor& dh) {
+  const int64_t m = h.size(0), n = h.size(1);
+  const float* gp = g.data_ptr<float>();
+  const float* hp = h.data_ptr<float>();
+  const float* yp = y.data_ptr<float>();
+  const float* mp = mean.data_ptr<float>();
+  const float* sp = invstd.data_ptr<float>();
+  const float* wp = gamma.defined() ? gamma.data_ptr<float>() : nullptr;
+  float* dwp = dgamma.defined() ? dgamma.data_ptr<float>() : nullptr;
+  float* dbp = dbeta.defined() ? dbeta.data_ptr<float>() : nullptr;
+  float* dhp = dh.defined() ? dh.data_ptr<float>() : nullptr;
+  const float inv_m = 1.0f / static_cast<float>(m);
+  at::parallel_for(0, n, grain(m), [&](int64_t j0, int64_t j1) {
+    const int64_t w = j1 - j0;
+    std::vector<float> sum_g(static_cast<size_t>(w)), sum_gx(sum_g.size());
+    float* s1 = sum_g.data();
+    float* s2 = sum_gx.data();
+    const float* mu = mp + j0;
+    const float* is = sp + j0;
+    dispatch(act, [&]<int64_t K>() {
+      for (int64_t i = 0; i < m; ++i) {
+        const float* grow = gp + i * n + j0;
+        const float* hrow = hp + i * n + j0;
+        const float* yrow = yp + i * n + j0;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < w; ++j) {
+          const float gz = grow[j] * act_slope<K>(yrow[j], act.a, act.b);
+          s1[j] += gz;
+          s2[j] += gz * (hrow[j] - mu[j]);
+        }
+      }
+    });
+    for (int64_t j = 0; j < w; ++j) s2[j] *= is[j];  // Σ gz x̂ = invstd · Σ gz (h − μ)
+    for (int64_t j = 0; j < w; ++j) {
+      if (dbp) dbp[j0 + j] = s1[j];
+      if (dwp) dwp[j0 + j] = s2[j];
+    }
+    if (!dhp) return;
+    std::vector<float> k(static_cast<size_t>(w)), c1(k.size()), c2(k.size());
+    for (int64_t j = 0; j < w; ++j) {
+      k[j] = (wp ? wp[j0 + j] : 1.0f) * is[j];  // γ invstd
+      c1[j] = s1[j] * inv_m;                     // mean of gz
+      c2[j] = s2[j] * inv_m * is[j];             // mean of gz x̂, per unit of (h − μ)
+    }
+    const float* kk = k.data();
+    const float* cc1 = c1.data();
+    const float* cc2 = c2.data();
+    dispatch(act, [&]<int64_t K>() {
+      for (int64_t i = 0; i < m; ++i) {
+        const float* grow = gp + i * n + j0;
+        const float* hrow = hp + i * n + j0;
+        const float* yrow = yp + i * n + j0;
+        float* out = dhp + i * n + j0;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < w; ++j) {
+          const float gz = grow[j] * act_slope<K>(yrow[j], act.a, act.b);
+          out[j] = kk[j] * (gz - cc1[j] - (hrow[j] - mu[j]) * cc2[j]);
+        }
+      }
+    });
+  });
+}
+
+// Mean cross-entropy of logits (m, c) against labels, and its gradient (softmax − onehot)/m.
+at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, at::Tensor& grad) {
+  const int64_t m = logits.size(0), c = logits.size(1);
+  const float* lp = logits.data_ptr<float>();
+  const int64_t* yp = labels.data_ptr<int64_t>();
+  float* gp = grad.data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK_INDEX(yp[i] >= 0 && yp[i] < c, "Target ", yp[i], " is out of bounds.");
+  }
+  double total = 0.0;
+  const float inv_m = 1.0f / static_cast<float>(m);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = lp + i * c;
+    float* grow = gp + i * c;
+    float top = row[0];
+    for (int64_t k = 1; k < c; ++k) top = std::max(top, row[k]);
+    float sum = 0.0f;
+    for (int64_t k = 0; k < c; ++k) {
+      const float ek = std::exp(row[k] - top);
+      grow[k] = ek;
+      sum += ek;
+    }
+    const float log_sum = std::log(sum);
+    total += static_cast<double>(top + log_sum - row[yp[i]]);
+    const float w = inv_m / sum;
+    for (int64_t k = 0; k < c; ++k) grow[k] *= w;
+    grow[yp[i]] -= inv_m;
+  }
+  return at::scalar_tensor(total / static_cast<double>(m), logits.options());
+}
+
+struct Saved {
+  at::Tensor input;   // Linear: its input a
+  at::Tensor h;       // BatchNorm: its input
+  at::Tensor y;       // BatchNorm / activation: its output
+  at::Tensor mean, invstd;
+};
+
+}  // namespace
+
+// forward_backward(x, labels, ops, scalars, tensors, needs_input_grad) -> (loss, logits)
+// Writes every parameter gradient into the given .grad tensors and updates the BatchNorm moving
+// statistics in place. Train-mode BatchNorm only; the caller checks everything else.
+std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
+                                         const std::vector<int64_t>& ops,
+                                         const std::vector<double>& scalars,
+                                         const std::vector<std::optional<at::Tensor>>& tensors,
+                                         const std::vector<bool>& needs_input_grad) {
+  const int64_t count = static_cast<int64_t>(ops.size());
+  TORCH_CHECK(static_cast<int64_t>(scalars.size()) == count * kScalars, "bad scalars");
+  TORCH_CHECK(static_cast<int64_t>(tensors.size()) == count * kTensors, "bad tensors");
+  TORCH_CHECK(static_cast<int64_t>(needs_input_grad.size()) == count, "bad needs_input_grad");
+  auto T = [&](int64_t op, int64_t slot) -> at::Tensor {
+    const auto& t = tensors[static_cast<size_t>(op * kTensors + slot)];
+    return t.has_value() ? *t : at::Tensor();
+  };
+  auto S = [&](int64_t op, int64_t slot) { return scalars[static_cast<size_t>(op * kScalars + slot)]; };
+  auto activation = [](double kind, double a, double b) {
+    Activation act;
+    act.kind = static_cast<int64_t>(kind);
+    act.a = static_cast<float>(a);
+    act.b = static_cast<float>(b);
+    return act;
+  };
+  // Anything the loops below cannot take (another dtype or device, a strided parameter or .grad):
+  // return nothing, having changed nothing, and the caller runs its Python step.
+  for (const auto& t : tensors) {
+    if (t.has_value() && t->defined() &&
+        (t->scalar_type() != at::kFloat || !t->device().is_cpu() || !t->is_contiguous())) {
+      return {};
+    }
+  }
+  if (x.scalar_type() != at::kFloat || !x.device().is_cpu() || x.dim() != 2 ||
+      labels.scalar_type() != at::kLong || labels.dim() != 1 || labels.size(0) != x.size(0)) {
+    return {};
+  }
+  const at::Tensor y = labels.contiguous();
+  at::NoGradGuard no_grad;
+  std::vector<Saved> saved(static_cast<size_t>(count));
+  at::Tensor a = x.contiguous();
+  for (int64_t op = 0; op < count; ++op) {
+    Saved& s = saved[static_cast<size_t>(op)];
+    switch (ops[static_cast<size_t>(op)]) {
+      case kLinear: {
+        const at::Tensor W = T(op, 0), b = T(op, 1);
+        s.input = a;
+        a = b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+        break;
+      }
+      case kBatchNorm: {
+        const int64_t n = a.size(1);
+        s.h = a;
+        s.y = at::empty_like(a);
+        s.mean = at::empty({n}, a.options());
+        s.invstd = at::empty({n}, a.options());
+        batch_norm_forward(a, T(op, 0), T(op, 1), T(op, 4), T(op, 5), S(op, 0), S(op, 1),
+                           activation(S(op, 2), S(op, 3), S(op, 4)), s.y, s.mean, s.invstd);
+        a = s.y;
+        break;
+      }
+      case kActivation: {
+        const Activation act = activation(S(op, 0), S(op, 1), S(op, 2));
+        at::Tensor y = at::empty_like(a);
+        const float* zp = a.data_ptr<float>();
+        float* yp = y.data_ptr<float>();
+        const int64_t size = a.numel();
+        dispatch(act, [&]<int64_t K>() {
+          at::parallel_for(0, size, 32768, [&](int64_t i0, int64_t i1) {
+            act_map<K>(zp, yp, i0, i1, act.a, act.b);
+          });
+        });
+        s.y = y;
+        a = y;
+        break;
+      }
+      default:
+        TORCH_CHECK(false, "unknown op ", ops[static_cast<size_t>(op)]);
+    }
+  }
+  at::Tensor logits = a;
+  at::Tensor g = at::empty_like(logits);
+  at::Tensor loss = cross_entropy(logits, y, g);
+  for (int64_t op = count - 1; op >= 0; --op) {
+    Saved& s = saved[static_cast<size_t>(op)];
+    const bool need = needs_input_grad[static_cast<size_t>(op)];
+    switch (ops[static_cast<size_t>(op)]) {
+      case kLinear: {
+        const at::Tensor W = T(op, 0);
+        at::Tensor Wg = T(op, 2), bg = T(op, 3);
+        at::mm_out(Wg, g.t(), s.input);  // ∂L/∂W = gᵀ a
+        if (bg.defined()) at::sum_out(bg, g, {0});
+        g = need ? at::mm(g, W) : at::Tensor();
+        break;
+      }
+      case kBatchNorm: {
+        at::Tensor gw = T(op, 2), gb = T(op, 3);
+        at::Tensor dh = need ? at::empty_like(s.h) : at::Tensor();
+        batch_norm_backward(g, s.h, s.y, s.mean, s.invstd, T(op, 0),
+                            activation(S(op, 2), S(op, 3), S(op, 4)), gw, gb, dh);
+        g = dh;
+        break;
+      }
+      case kActivation: {
+        if (!need) {
+          g = at::Tensor();
+          break;
+        }
+        const Activation act = activation(S(op, 0), S(op, 1), S(op, 2));
+        at::Tensor dz = at::empty_like(g);
+        const float* gp = g.data_ptr<float>();
+        const float* yp = s.y.data_ptr<float>();
+        float* dp = dz.data_ptr<float>();
+        const int64_t size = g.numel();
+        dispatch(act, [&]<int64_t K>() {
+          at::parallel_for(0, size, 32768, [&](int64_t i0, int64_t i1) {
+            act_grad<K>(gp, yp, dp, i0, i1, act.a, act.b);
+          });
+        });
+        g = dz;
+        break;
+      }
+    }
+    s = Saved();
+    // Layers that need no ∂L/∂input come first and have no parameters below them: stop.
+    if (!g.defined()) break;
+  }
+  return {loss, logits};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_backward", &forward_backward,
+        "Forward and backward of a Linear/BatchNorm/activation chain with mean cross-entropy");
+}

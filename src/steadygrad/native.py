@@ -1,0 +1,146 @@
+"""Native (C++) kernels, compiled on this machine on first use and cached.
+
+Why hand-written C++: on a CPU, a small network's training step is as much the work *between*
+the matrix products as the products themselves — BatchNorm's statistics, normalisation and
+activation, the loss, and a Python-level dispatch for each of ~30 ATen kernels (see
+docs/performance.md for the profile). No library fuses these for eager PyTorch on a CPU:
+``torch.compile`` does, after a compile of tens of seconds per model and with guard checks on
+every call (measured slower than eager here, issue 6). ``csrc/chain.cpp`` runs a whole
+Linear/BatchNorm/activation chain's forward and backward in one call, with ATen's own
+``addmm``/``mm`` for the products and one pass per layer for everything else.
+
+It is built with :func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja`` are needed;
+``ninja`` is a dependency of steadygrad, the compiler is the system's) into torch's extension
+cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), once per machine and
+source version: about a minute the first time, milliseconds after. Where it cannot be built, or
+with ``STEADYGRAD_NATIVE=0``, :func:`load` returns None and everything runs on the Python fast
+step (:mod:`steadygrad.fast`), which needs no compiler; :func:`unavailable_reason` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from importlib import resources
+from types import ModuleType
+
+__all__ = ["build", "is_built", "load", "unavailable_reason"]
+
+_log = logging.getLogger("steadygrad.native")
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_reason: str | None = None
+_tried = False
+
+SOURCE = "chain.cpp"
+# -fno-trapping-math (as torch itself is built): lets the activation's select vectorise.
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and flags (Linux), else the arch."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.machine()
+
+
+def _disabled() -> bool:
+    return os.environ.get("STEADYGRAD_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _name() -> str:
+    """The extension's name: a hash of the source, the flags, torch's version and the CPU
+    (``-march=native``), so a new source, torch or machine builds afresh."""
+    import torch
+
+    text = resources.files("steadygrad").joinpath("csrc", SOURCE).read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [text, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()]
+        )
+    ).hexdigest()[:12]
+    return f"steadygrad_chain_{key}"
+
+
+def is_built() -> bool:
+    """Whether this machine's cache already holds the compiled kernels (loading takes ms)."""
+    from torch.utils import cpp_extension
+
+    name = _name()
+    folder = cpp_extension._get_build_directory(name, verbose=False)
+    return os.path.exists(os.path.join(folder, f"{name}.so"))
+
+
+def build(verbose: bool = False) -> ModuleType:
+    """Compile (or load from the cache) the native kernels and return the module.
+
+    Raises:
+        RuntimeError: one line naming what failed (no compiler, no ninja, a compile error) and
+            that ``STEADYGRAD_NATIVE=0`` runs without the kernels.
+    """
+    from torch.utils import cpp_extension
+
+    source = resources.files("steadygrad").joinpath("csrc", SOURCE)
+    try:
+        with resources.as_file(source) as path:
+            module: ModuleType = cpp_extension.load(
+                name=_name(),
+                sources=[str(path)],
+                extra_cflags=FLAGS,
+                verbose=verbose,
+            )
+            return module
+    except Exception as exc:  # compiler, ninja, linker: any of them may be missing
+        text = str(exc).strip()
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise RuntimeError(
+            f"cannot build steadygrad's native kernels ({first}); they need a C++ compiler and "
+            "ninja (build(verbose=True) shows the compiler's output) — set STEADYGRAD_NATIVE=0 "
+            "to run without them"
+        ) from exc
+
+
+def load() -> ModuleType | None:
+    """The native kernels, building them on the first call; None where they are unavailable
+    (``STEADYGRAD_NATIVE=0``, no compiler, a failed build — logged once, see
+    :func:`unavailable_reason`). Thread-safe; later calls return the same answer at once."""
+    global _module, _reason, _tried
+    if _tried:
+        return _module
+    with _lock:
+        if _tried:
+            return _module
+        if _disabled():
+            _reason = "STEADYGRAD_NATIVE=0"
+        else:
+            try:
+                _log.info("building steadygrad's native kernels (once per machine, ~1 minute)")
+                _module = build()
+            except RuntimeError as exc:
+                _reason = str(exc)
+                _log.warning("%s", exc)
+        _tried = True
+    return _module
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`load` returned None (None if it has not been called or succeeded)."""
+    return _reason
+
+
+if __name__ == "__main__":  # python -m steadygrad.native: build now (CI does, before the tests)
+    import sys
+    import time
+
+    start = time.perf_counter()
+    kernels = load()
+    if kernels is None:
+        print(f"steadygrad native kernels: unavailable ({unavailable_reason()})", file=sys.stderr)
+    else:
+        print(f"steadygrad native kernels: ready ({time.perf_counter() - start:.1f} s)")

@@ -1,0 +1,323 @@
+"""Native (C++) forward/backward of the fast step (``steadygrad.native``, ``csrc/chain.cpp``)
+against the Python fast step, whose kernels are autograd's own (tests/test_fast.py holds that
+path to the plain step bit for bit).
+
+The kernel sums in another order and computes eᶻ by its own polynomial, so values agree to float
+rounding, not bit for bit. The one exception is the direction BatchNorm makes invisible: the
+bias of a Linear followed by a train-mode BatchNorm has a zero gradient in exact arithmetic, so
+each path computes rounding noise there (checked against the gradient's scale instead).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from steadygrad import models, native
+from steadygrad.fast import FastStep, make_step
+from steadygrad.nn import BatchNorm
+from steadygrad.train import TrainConfig, fit
+
+IN, HIDDEN, OUT, BATCH = 12, [10, 8], 4, 16
+
+pytestmark = pytest.mark.skipif(native.load() is None, reason="native kernels unavailable here")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batches(
+    steps: int, batch: int = BATCH, seed: int = 3
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps * batch, IN, generator=g) * 2 + 0.5
+    y = torch.randint(0, OUT, (steps * batch,), generator=g)
+    return [(x[k * batch : (k + 1) * batch], y[k * batch : (k + 1) * batch]) for k in range(steps)]
+
+
+def mlp(
+    activation: Any = "elu", batch_norm: str | None = "before", output_bn: bool = True
+) -> nn.Module:
+    return models.mlp(
+        IN,
+        HIDDEN,
+        OUT,
+        activation,
+        batch_norm=batch_norm,
+        batch_norm_output=output_bn,
+        momentum=0.9,
+        generator=torch.Generator().manual_seed(1),
+    )
+
+
+def pair(build: Any, optimizer: Any = None) -> tuple[nn.Module, FastStep, nn.Module, FastStep]:
+    """The same model twice: a native fast step and a Python fast step."""
+    optimizer = optimizer or (lambda p: torch.optim.SGD(p, lr=0.1))
+    a = build()
+    b = copy.deepcopy(a)
+    step_a = make_step(a, optimizer(a.parameters()), native=True)
+    step_b = make_step(b, optimizer(b.parameters()))
+    assert step_a is not None and step_b is not None
+    assert step_a._native is not None  # the program is in the kernel
+    return a, step_a, b, step_b
+
+
+def gauge_params(model: nn.Module) -> set[str]:
+    """Biases of Linear layers followed directly by a train-mode BatchNorm."""
+    names = [name for name, _ in model.named_children()]
+    children = dict(model.named_children())
+    out = set()
+    for here, after in itertools.pairwise(names):
+        if isinstance(children[here], nn.Linear) and isinstance(
+            children[after], nn.BatchNorm1d | BatchNorm
+        ):
+            out.add(f"{here}.bias")
+    return out
+
+
+ACTIVATIONS = [
+    "elu",
+    "relu",
+    {"name": "leaky_relu", "alpha": 0.2},
+    {"name": "elu", "alpha": 0.5},
+    "selu",
+    None,
+]
+
+
+@pytest.mark.parametrize("batch_norm", ["before", "after", None])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=str)
+def test_one_step_equals_the_python_step(activation: Any, batch_norm: str | None) -> None:
+    a, step_a, b, step_b = pair(lambda: mlp(activation, batch_norm))
+    x, y = batches(1)[0]
+    loss_a, logits_a = step_a(x, y)
+    loss_b, logits_b = step_b(x, y)
+    assert step_a.native_calls == 1 and step_b.native_calls == 0
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
+    # A gradient that is rounding noise on the Python step (a bias feeding a Linear + train-mode
+    # BatchNorm: zero in exact arithmetic) must be noise on the native one too; the rest agree.
+    scale = max(float(q.grad.abs().max()) for q in b.parameters() if q.grad is not None)
+    gauge = gauge_params(a)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        if float(q.grad.abs().max()) < 1e-6 * scale:
+            assert float(p.grad.abs().max()) < 1e-5 * scale, name
+            continue
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6 * scale, rtol=1e-4, msg=name)
+    for (name, buf), other in zip(a.named_buffers(), b.buffers(), strict=True):
+        if buf.is_floating_point() and not any(name.startswith(g.split(".")[0]) for g in gauge):
+            torch.testing.assert_close(buf, other, atol=1e-6, rtol=1e-5, msg=name)
+        elif not buf.is_floating_point():
+            assert torch.equal(buf, other), name  # num_batches_tracked
+
+
+def test_batchnorm_gradients_against_a_slow_float64_formula() -> None:
+    """The fused BatchNorm + ELU backward against the textbook formula in float64
+    (Ioffe & Szegedy 2015), independent of both fast steps."""
+    model = nn.Sequential(nn.Linear(IN, 6), nn.BatchNorm1d(6), nn.ELU(0.7), nn.Linear(6, OUT))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.0), native=True)
+    assert step is not None
+    x, y = batches(1)[0]
+    reference = copy.deepcopy(model).double()
+    step(x, y)
+    assert step.native_calls == 1
+    lin1, bn, _, lin2 = reference
+    h = x.double() @ lin1.weight.T + lin1.bias
+    mu, var = h.mean(0), h.var(0, unbiased=False)
+    xhat = (h - mu) / torch.sqrt(var + bn.eps)
+    z = bn.weight * xhat + bn.bias
+    a = torch.where(z > 0, z, 0.7 * (torch.exp(z) - 1))
+    logits = a @ lin2.weight.T + lin2.bias
+    g = (torch.softmax(logits, 1) - F.one_hot(y, OUT).double()) / len(y)
+    ga = g @ lin2.weight
+    gz = ga * torch.where(z > 0, torch.ones_like(z), 0.7 * torch.exp(z))
+    m = len(y)
+    dgamma, dbeta = (gz * xhat).sum(0), gz.sum(0)
+    dh = bn.weight / (m * torch.sqrt(var + bn.eps)) * (m * gz - dbeta - xhat * dgamma)
+    torch.testing.assert_close(model[1].weight.grad.double(), dgamma, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model[1].bias.grad.double(), dbeta, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model[0].weight.grad.double(), dh.T @ x.double(), atol=1e-6, rtol=1e-5
+    )
+    torch.testing.assert_close(model[3].weight.grad.double(), g.T @ a, atol=1e-6, rtol=1e-5)
+    # moving statistics: torch's rule, momentum 0.1, unbiased variance
+    torch.testing.assert_close(model[1].running_mean.double(), 0.1 * mu, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model[1].running_var.double(), 0.9 + 0.1 * h.var(0, unbiased=True), atol=1e-6, rtol=1e-5
+    )
+
+
+def test_elu_of_very_negative_and_large_inputs() -> None:
+    """The kernel's own eᶻ: saturated units (z ≪ 0, below float's range) give −α, not NaN."""
+    model = nn.Sequential(
+        nn.Linear(2, 3), nn.BatchNorm1d(3, affine=True), nn.ELU(), nn.Linear(3, 2)
+    )
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([200.0, 1.0, 1e-3]))
+        model[1].bias.copy_(torch.tensor([-300.0, 0.0, 0.0]))
+    plain = copy.deepcopy(model)
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.0), native=True)
+    assert step is not None
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(64, dtype=torch.long)
+    _, logits = step(x, y)
+    expected = plain(x)
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "momentum"])
+def test_fifty_steps_track_the_python_step(name: str) -> None:
+    make_opt = {
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+        "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    }[name]
+    a, step_a, b, step_b = pair(mlp, make_opt)
+    data = batches(50)
+    losses_a = [float(step_a(x, y)[0]) for x, y in data]
+    losses_b = [float(step_b(x, y)[0]) for x, y in data]
+    assert step_a.native_calls == 50
+    torch.testing.assert_close(losses_a, losses_b, atol=1e-4, rtol=1e-4)
+    gauge = gauge_params(a)
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        if n not in gauge:
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=n)
+
+
+def test_two_threads_equal_one() -> None:
+    """Columns are split between threads; each column's sums keep their order."""
+    a, step_a, _b, _step_b = pair(lambda: mlp("elu"))
+    a2 = copy.deepcopy(a)
+    step_2 = make_step(a2, torch.optim.SGD(a2.parameters(), lr=0.1), native=True)
+    assert step_2 is not None
+    x = torch.randn(512, IN, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, OUT, (512,), generator=torch.Generator().manual_seed(6))
+    step_a(x, y)
+    torch.set_num_threads(2)
+    try:
+        step_2(x, y)
+    finally:
+        torch.set_num_threads(1)
+    for p, q in zip(a.parameters(), a2.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_where_the_kernel_does_not_apply_the_python_step_runs() -> None:
+    # an activation the kernel does not have: no native program at all
+    model = mlp("gelu")
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), native=True)
+    assert step is not None and step._native is None
+    x, y = batches(1)[0]
+    step(x, y)
+    assert step.fast_calls == 1 and step.native_calls == 0
+    # eval-mode BatchNorm (moving statistics) and float64: the Python step, call by call
+    model = mlp("elu")
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), native=True)
+    assert step is not None
+    model.eval()
+    step(x, y)
+    model.train()
+    step(x, y)
+    assert (step.fast_calls, step.native_calls) == (2, 1)
+    model.double()
+    step(x.double(), y)
+    assert (step.fast_calls, step.native_calls) == (3, 1)
+
+
+def test_bad_labels_raise_the_plain_paths_error() -> None:
+    model = mlp("elu")
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), native=True)
+    assert step is not None
+    x, y = batches(1)[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(IndexError, match="Target 7 is out of bounds"):
+        step(x, torch.full_like(y, 7))
+    # nothing was updated
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+def test_fit_uses_the_kernels_and_trains_like_the_python_step() -> None:
+    from steadygrad.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, IN, generator=g)
+    y = (x[:, :OUT].argmax(1)).long()
+    split = lambda lo, hi: Split(x[lo:hi], y[lo:hi])  # noqa: E731
+    data = Dataset(
+        train=split(0, 400), validation=split(400, 500), test=split(500, 600), name="toy"
+    )
+    cfg = dict(epochs=3, batch_size=20, lr=1e-2, progress=False, out=None)
+    calls: list[int] = []
+    original = FastStep.try_fast
+
+    def counting(self: FastStep, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        calls.append(self.native_calls)
+        return out
+
+    a, b = mlp(), mlp()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FastStep, "try_fast", counting)
+        ha = fit(a, data, TrainConfig(**cfg, native=True))  # type: ignore[arg-type]
+    hb = fit(b, data, TrainConfig(**cfg, native=False))  # type: ignore[arg-type]
+    assert calls and calls[-1] == 60  # every step of the 3 epochs
+    for ra, rb in zip(ha, hb, strict=True):
+        assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4
+        # evaluation uses the moving means, which include the gauge biases (see the module
+        # docstring): close, not equal
+        assert abs(ra["test_loss"] - rb["test_loss"]) < 0.02 * rb["test_loss"]
+
+
+def test_unavailable_kernels_say_why_and_the_python_step_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_reason", None)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="steadygrad.native"):
+        assert native.load() is None
+    reason = native.unavailable_reason()
+    assert reason is not None
+    assert "Ninja is required" in reason and "STEADYGRAD_NATIVE=0" in reason
+    assert reason in caplog.text
+    model = mlp()
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), native=True)
+    assert step is not None and step._native is None
+    x, y = batches(1)[0]
+    step(x, y)
+    assert step.fast_calls == 1
+
+    with pytest.raises(RuntimeError, match=r"cannot build steadygrad's native kernels .*verbose"):
+        native.build()
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_reason", None)
+    monkeypatch.setenv("STEADYGRAD_NATIVE", "0")
+    assert native.load() is None
+    assert native.unavailable_reason() == "STEADYGRAD_NATIVE=0"
