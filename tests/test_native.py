@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -321,3 +322,77 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("STEADYGRAD_NATIVE", "0")
     assert native.load() is None
     assert native.unavailable_reason() == "STEADYGRAD_NATIVE=0"
+
+
+# --------------------------------------------------------------------------- monitor reductions
+
+
+def _eager_and_lazy(fill: Any) -> tuple[list[float], list[float], int]:
+    """``fill(batch)`` queued on a plain batch and on a lazy one; both read; lazy requests."""
+    from steadygrad.monitor import _stats
+
+    eager, lazy = _stats.Batch(), _stats.Batch()
+    lazy.lazy = True
+    fill(eager)
+    fill(lazy)
+    return eager.read(), lazy.read(), len(lazy._requests)
+
+
+def test_lazy_reductions_equal_torchs() -> None:
+    """Moments, saturated and dead counts of the native ``reduce`` against torch's reductions,
+    mixed with ordinary queued values (positions must interleave correctly)."""
+    from steadygrad.monitor import _stats
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 784, generator=g) * 0.05
+    z = torch.randn(50, 300, generator=g) - 1.0
+    z[:, :7] = -3.0  # seven dead units
+    tiny = torch.randn(3, generator=g)
+
+    def fill(batch: Any) -> None:
+        batch.add(torch.tensor(1.5))
+        _stats.moments(w, batch)
+        _stats.count_saturated(z, -2.5, math.inf, batch)
+        batch.add(torch.tensor(-4.0))
+        _stats.count_dead(z, 1, 0.0, batch)
+        _stats.moments_many([tiny, z], batch)
+        _stats.count_saturated(z, -1.0, 1.0, batch)
+
+    eager, lazy, requests = _eager_and_lazy(fill)
+    assert requests == 6
+    assert len(eager) == len(lazy)
+    assert lazy[0] == 1.5 and lazy[4] == -4.0
+    assert lazy == pytest.approx(eager, rel=1e-5, abs=1e-6)
+    assert lazy[5] == 7  # dead units
+    # the float64 sums are the exact ones (float32 sums carry ~1e-7 relative error)
+    assert lazy[1] == pytest.approx(float(w.double().sum()), rel=1e-12, abs=1e-9)
+    assert lazy[2] == pytest.approx(float((w.double() ** 2).sum()), rel=1e-12)
+
+
+def test_lazy_reductions_of_non_finite_values_and_fallbacks() -> None:
+    """NaN and ±inf make the sums non-finite (the monitor's second, precise pass takes over);
+    a NaN unit is not dead; tensors the kernel cannot read are reduced by torch at once."""
+    from steadygrad.monitor import _stats
+
+    x = torch.zeros(4, 3)
+    x[1, 0] = math.nan
+    x[2, 1] = math.inf
+    x[:, 2] = -1.0
+
+    def fill(batch: Any) -> None:
+        _stats.moments(x, batch)
+        _stats.count_dead(x, 1, 0.0, batch)
+        _stats.count_saturated(x, -0.5, 0.5, batch)
+        _stats.moments(x.t(), batch)  # not contiguous: torch, at once
+        _stats.moments(x.double(), batch)  # float64: torch, at once
+        _stats.count_dead(x.reshape(2, 2, 3), 1, 0.0, batch)  # 3-d: torch, at once
+
+    eager, lazy, requests = _eager_and_lazy(fill)
+    assert requests == 3
+    assert math.isnan(lazy[0]) and math.isnan(eager[0])
+    assert lazy[2] == eager[2] == 1  # column 2 is dead; the NaN column is not, the inf one neither
+    assert lazy[3] == eager[3] == 4 + 1  # −1 × 4 and +inf (NaN is not saturated)
+    assert all(
+        (math.isnan(a) and math.isnan(b)) or a == b
+        for a, b in zip(lazy[4:], eager[4:], strict=True)
+    )

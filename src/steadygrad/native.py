@@ -35,7 +35,7 @@ _module: ModuleType | None = None
 _reason: str | None = None
 _tried = False
 
-SOURCE = "chain.cpp"
+SOURCES = ("bindings.cpp", "chain.cpp", "stats.cpp")
 # -fno-trapping-math (as torch itself is built): lets the activation's select vectorise.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 
@@ -59,13 +59,14 @@ def _name() -> str:
     (``-march=native``), so a new source, torch or machine builds afresh."""
     import torch
 
-    text = resources.files("steadygrad").joinpath("csrc", SOURCE).read_bytes()
+    folder = resources.files("steadygrad").joinpath("csrc")
+    texts = [folder.joinpath(name).read_bytes() for name in SOURCES]
     key = hashlib.sha256(
         b"\0".join(
-            [text, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()]
+            [*texts, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()]
         )
     ).hexdigest()[:12]
-    return f"steadygrad_chain_{key}"
+    return f"steadygrad_native_{key}"
 
 
 def is_built() -> bool:
@@ -86,12 +87,12 @@ def build(verbose: bool = False) -> ModuleType:
     """
     from torch.utils import cpp_extension
 
-    source = resources.files("steadygrad").joinpath("csrc", SOURCE)
+    folder = resources.files("steadygrad").joinpath("csrc")
     try:
-        with resources.as_file(source) as path:
+        with resources.as_file(folder) as path:
             module: ModuleType = cpp_extension.load(
                 name=_name(),
-                sources=[str(path)],
+                sources=[str(path / name) for name in SOURCES],
                 extra_cflags=FLAGS,
                 verbose=verbose,
             )

@@ -7,8 +7,9 @@
 // products for a small network: BatchNorm's statistics, normalisation and activation in one pass
 // over the layer's output (and their backward in one more), the loss and its gradient in one pass
 // over the logits, and no Python between kernels.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <bit>
@@ -420,9 +421,4 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
     if (!g.defined()) break;
   }
   return {loss, logits};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_backward", &forward_backward,
-        "Forward and backward of a Linear/BatchNorm/activation chain with mean cross-entropy");
 }

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import torch
 
@@ -50,33 +50,89 @@ class Batch:
 
     :meth:`add` queues a 0-d tensor and returns its index in :meth:`read`'s list; :meth:`add_vector`
     queues a 1-d tensor and returns the index of its first entry.
+
+    With ``lazy = True`` (the monitor sets it once a step's signals can no longer change) and
+    steadygrad's native kernels built, the moments and counts of contiguous float32 CPU tensors
+    are not computed when queued: :meth:`read` computes all of them in one call
+    (``csrc/stats.cpp``), one pass per tensor, Σx and Σx² in float64.
     """
 
     def __init__(self) -> None:
         self._items: list[torch.Tensor] = []
         self._size = 0
         self._vectors = False
+        self.lazy = False
+        # (tensor, kind, p0, p1) requests for the native kernel; _layout: runs of positions,
+        # (True, n) for n lazy values, (False, n) for n values of _items, in order.
+        self._requests: list[tuple[torch.Tensor, int, float, float]] = []
+        self._layout: list[tuple[bool, int]] = []
+
+    def _extend(self, lazy: bool, n: int) -> int:
+        index = self._size
+        self._size += n
+        if self._layout and self._layout[-1][0] == lazy:
+            self._layout[-1] = (lazy, self._layout[-1][1] + n)
+        else:
+            self._layout.append((lazy, n))
+        return index
 
     def add(self, value: torch.Tensor) -> int:
         """Queue a 0-d tensor; its value will be ``read()[index]``."""
-        index = self._size
         self._items.append(value)
-        self._size += 1
-        return index
+        return self._extend(False, 1)
 
     def add_vector(self, value: torch.Tensor) -> int:
         """Queue a 1-d tensor; its values will be ``read()[index : index + len(value)]``."""
-        index = self._size
         self._items.append(value)
-        self._size += value.numel()
         self._vectors = True
-        return index
+        return self._extend(False, value.numel())
+
+    def defers(self, t: torch.Tensor) -> bool:
+        """Whether a statistic of ``t`` would be computed at :meth:`read` (see the class)."""
+        return (
+            self.lazy
+            and t.dtype == torch.float32
+            and t.device.type == "cpu"
+            and t.is_contiguous()
+            and _kernels() is not None
+        )
+
+    def add_request(self, t: torch.Tensor, kind: int, p0: float = 0.0, p1: float = 0.0) -> int:
+        """Queue a native reduction of ``t`` (:meth:`defers` must hold): ``KIND_MOMENTS`` gives
+        two values (Σx, Σx²), ``KIND_SATURATED`` (lo, hi) and ``KIND_DEAD`` (below) one each."""
+        self._requests.append((t, kind, p0, p1))
+        return self._extend(True, 2 if kind == KIND_MOMENTS else 1)
 
     def __len__(self) -> int:
         return self._size
 
     def read(self) -> list[float]:
-        """All queued values as Python floats, in order: one ``tolist()`` per device.
+        """All queued values as Python floats, in order: one ``tolist()`` per device (and one
+        native call for the lazy requests)."""
+        if not self._requests:
+            return self._read_items()
+        kernels = _kernels()
+        assert kernels is not None
+        tensors, kinds, params = [], [], []
+        for t, kind, p0, p1 in self._requests:
+            tensors.append(t)
+            kinds.append(kind)
+            params += [p0, p1]
+        lazy = kernels.reduce(tensors, kinds, params).tolist()
+        items = self._read_items()
+        out: list[float] = []
+        i = j = 0
+        for is_lazy, n in self._layout:
+            if is_lazy:
+                out += lazy[i : i + n]
+                i += n
+            else:
+                out += items[j : j + n]
+                j += n
+        return out
+
+    def _read_items(self) -> list[float]:
+        """The values of :meth:`add` and :meth:`add_vector`, in order.
 
         0-d tensors are stacked per (device, dtype) (one kernel per group instead of one copy
         per value), groups and vectors are cast to float64 and concatenated.
@@ -90,12 +146,13 @@ class Batch:
                 if device.type == "cpu":  # no transfer to save: item() is cheaper than stack
                     return [float(t.item()) for t in items]
                 return torch.stack(items).tolist()
-        out: list[float] = [math.nan] * self._size
+        size = sum(t.numel() for t in items)
+        out: list[float] = [math.nan] * size
         # (device) -> list of (positions, tensor); 0-d values grouped by dtype first.
         per_device: dict[torch.device, list[tuple[list[int], torch.Tensor]]] = {}
         scalars: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
         position = 0
-        for item in self._items:
+        for item in items:
             if item.ndim == 0:
                 positions, tensors = scalars.setdefault((item.device, item.dtype), ([], []))
                 positions.append(position)
@@ -117,6 +174,16 @@ class Batch:
                     out[p] = flat[k]
                     k += 1
         return out
+
+
+KIND_MOMENTS, KIND_SATURATED, KIND_DEAD = 0, 1, 2  # csrc/stats.cpp's request kinds
+
+
+def _kernels() -> Any:
+    """steadygrad's native kernels, or None (not built here, or STEADYGRAD_NATIVE=0)."""
+    from steadygrad import native
+
+    return native.load()
 
 
 @dataclass
@@ -160,6 +227,9 @@ def moments(t: torch.Tensor, batch: Batch, *, keep: bool = True) -> Moments | No
     if n == 0:
         return None
     x = _values(t)
+    if batch.defers(x):
+        at_sum = batch.add_request(x, KIND_MOMENTS)
+        return Moments(n=n, at_sum=at_sum, at_norm=at_sum + 1, ref=t if keep else None)
     at_sum = batch.add(x.sum())
     at_norm = batch.add(sum_of_squares(x))
     return Moments(n=n, at_sum=at_sum, at_norm=at_norm, ref=t if keep else None)
@@ -179,6 +249,10 @@ def moments_many(tensors: list[torch.Tensor], batch: Batch) -> list[Moments | No
     norms = torch._foreach_norm([values[i] for i in nonempty]) if on_gpu else None
     for k, i in enumerate(nonempty):
         t = values[i]
+        if batch.defers(t):
+            at_sum = batch.add_request(t.detach(), KIND_MOMENTS)
+            out[i] = Moments(t.numel(), at_sum, at_sum + 1, tensors[i])
+            continue
         at_sum = batch.add(t.sum())
         second = norms[k] if norms is not None else sum_of_squares(t)
         out[i] = Moments(t.numel(), at_sum, batch.add(second), tensors[i], squared=not on_gpu)
@@ -238,6 +312,8 @@ def count_saturated(x: torch.Tensor, lo: float, hi: float, batch: Batch) -> int 
     v = x.detach()
     if math.isinf(lo) and math.isinf(hi):
         return None
+    if batch.defers(v):  # ±inf bounds compare as torch's do
+        return batch.add_request(v, KIND_SATURATED, lo, hi)
     if math.isinf(hi):
         mask = v < lo
     elif math.isinf(lo):
@@ -258,6 +334,8 @@ def count_dead(x: torch.Tensor, unit_dim: int, dead_below: float, batch: Batch) 
     """
     v = x.detach()
     dim = unit_dim % v.ndim
+    if v.ndim == 2 and dim == 1 and batch.defers(v):
+        return batch.add_request(v, KIND_DEAD, dead_below), int(v.shape[1])
     others = [d for d in range(v.ndim) if d != dim]
     peak = v.amax(dim=others) if others else v  # (units,)
     return batch.add(torch.count_nonzero(peak <= dead_below)), int(v.shape[dim])

@@ -1066,6 +1066,9 @@ class Monitor:
         if self._state is state:
             self._deactivate()
         batch = state.batch
+        # From here on nothing changes the step's tensors before batch.read(): its CPU
+        # reductions may wait for it and run in one native call (see _stats.Batch).
+        batch.lazy = True
         entries = [e for e in state.entries.values() if not e.slot.skipped]
         with torch.no_grad():
             for entry in entries:

@@ -1,0 +1,20 @@
+// The Python module of steadygrad's native kernels (steadygrad/native.py builds it).
+#include <torch/extension.h>
+
+#include <optional>
+#include <vector>
+
+std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
+                                         const std::vector<int64_t>& ops,
+                                         const std::vector<double>& scalars,
+                                         const std::vector<std::optional<at::Tensor>>& tensors,
+                                         const std::vector<bool>& needs_input_grad);
+at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
+                  const std::vector<double>& params);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_backward", &forward_backward,
+        "Forward and backward of a Linear/BatchNorm/activation chain with mean cross-entropy "
+        "(csrc/chain.cpp)");
+  m.def("reduce", &reduce, "The monitor's reductions of one recorded step (csrc/stats.cpp)");
+}
