@@ -364,9 +364,9 @@ def test_lazy_reductions_equal_torchs() -> None:
     assert lazy[0] == 1.5 and lazy[4] == -4.0
     assert lazy == pytest.approx(eager, rel=1e-5, abs=1e-6)
     assert lazy[5] == 7  # dead units
-    # the float64 sums are the exact ones (float32 sums carry ~1e-7 relative error)
-    assert lazy[1] == pytest.approx(float(w.double().sum()), rel=1e-12, abs=1e-9)
-    assert lazy[2] == pytest.approx(float((w.double() ** 2).sum()), rel=1e-12)
+    # against exact float64 sums: float32 only within blocks of 512 terms
+    assert lazy[1] == pytest.approx(float(w.double().sum()), rel=1e-6, abs=1e-6)
+    assert lazy[2] == pytest.approx(float((w.double() ** 2).sum()), rel=1e-6)
 
 
 def test_lazy_reductions_of_non_finite_values_and_fallbacks() -> None:
@@ -396,3 +396,19 @@ def test_lazy_reductions_of_non_finite_values_and_fallbacks() -> None:
         (math.isnan(a) and math.isnan(b)) or a == b
         for a, b in zip(lazy[4:], eager[4:], strict=True)
     )
+
+
+def test_update_norms_in_one_call_equal_torchs() -> None:
+    """‖W_after − W_before‖² per weight: native for contiguous float32 CPU pairs, torch (in
+    place on the snapshot) for the rest, in the caller's order."""
+    from steadygrad.monitor import _stats
+
+    g = torch.Generator().manual_seed(2)
+    after = [torch.randn(300, 784, generator=g), torch.randn(7, generator=g).double()]
+    after.append(torch.randn(10, 20, generator=g).t())  # not contiguous
+    before = [a + 1e-3 * torch.randn(a.shape, generator=g, dtype=a.dtype) for a in after]
+    expected = [
+        float(((a.double() - b.double()) ** 2).sum()) for a, b in zip(after, before, strict=True)
+    ]
+    got = [float(t) for t in _stats.squared_distances(after, [b.clone() for b in before])]
+    assert got == pytest.approx(expected, rel=1e-5)

@@ -63,7 +63,12 @@ def _name() -> str:
     texts = [folder.joinpath(name).read_bytes() for name in SOURCES]
     key = hashlib.sha256(
         b"\0".join(
-            [*texts, " ".join(FLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()]
+            [
+                *texts,
+                " ".join(FLAGS).encode(),
+                torch.__version__.encode(),
+                _cpu_signature().encode(),
+            ]
         )
     ).hexdigest()[:12]
     return f"steadygrad_native_{key}"
@@ -112,7 +117,7 @@ def load() -> ModuleType | None:
     (``STEADYGRAD_NATIVE=0``, no compiler, a failed build — logged once, see
     :func:`unavailable_reason`). Thread-safe; later calls return the same answer at once."""
     global _module, _reason, _tried
-    if _tried:
+    if _tried:  # the common case, once per monitored tensor: keep it a flag test
         return _module
     with _lock:
         if _tried:

@@ -11,10 +11,13 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
                                          const std::vector<bool>& needs_input_grad);
 at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
                   const std::vector<double>& params);
+at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_backward", &forward_backward,
         "Forward and backward of a Linear/BatchNorm/activation chain with mean cross-entropy "
         "(csrc/chain.cpp)");
   m.def("reduce", &reduce, "The monitor's reductions of one recorded step (csrc/stats.cpp)");
+  m.def("squared_distances", &squared_distances,
+        "Σ (a − b)² of each pair of tensors, float64 (csrc/stats.cpp)");
 }

@@ -33,6 +33,8 @@ from typing import Any, Final
 
 import torch
 
+from steadygrad import native
+
 _HALF = (torch.float16, torch.bfloat16)
 
 CANCELLATION: Final = 1e-3
@@ -181,9 +183,34 @@ KIND_MOMENTS, KIND_SATURATED, KIND_DEAD = 0, 1, 2  # csrc/stats.cpp's request ki
 
 def _kernels() -> Any:
     """steadygrad's native kernels, or None (not built here, or STEADYGRAD_NATIVE=0)."""
-    from steadygrad import native
-
     return native.load()
+
+
+def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Σ (a − b)² of each pair, as 0-d device tensors (nothing read on the host).
+
+    Contiguous float32 CPU pairs go to the native kernel in one call; others are ``before`` −
+    ``after`` in place (the snapshot buffer is overwritten) and a dot product each.
+    """
+    kernels = _kernels()
+    native = [
+        i
+        for i, (a, b) in enumerate(zip(after, before, strict=True))
+        if kernels is not None
+        and a.dtype == b.dtype == torch.float32
+        and a.device.type == b.device.type == "cpu"
+        and a.is_contiguous()
+        and b.is_contiguous()
+    ]
+    out: list[torch.Tensor | None] = [None] * len(after)
+    if native:
+        values = kernels.squared_distances([after[i] for i in native], [before[i] for i in native])
+        for k, i in enumerate(native):
+            out[i] = values[k]
+    for i, (a, b) in enumerate(zip(after, before, strict=True)):
+        if out[i] is None:
+            out[i] = sum_of_squares(b.sub_(a))
+    return [t for t in out if t is not None]
 
 
 @dataclass

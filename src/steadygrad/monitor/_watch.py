@@ -657,17 +657,22 @@ class Monitor:
     def _measure_updates(self) -> None:
         """Queue ‖W − W_before‖² (device scalars) for the next record.
 
-        The snapshot buffers are overwritten with the differences (no temporary as large as W).
+        Contiguous float32 CPU weights: one native call (``_stats.squared_distances``); others
+        overwrite their snapshot buffers with the differences (no temporary as large as W).
         """
         snapshot, self._snapshot = self._snapshot, None
         if not snapshot:
             return
-        pending = self._pending_updates
+        kept = [
+            (slot, weight, before)
+            for slot, weight, before in snapshot
+            # replaced since the snapshot: no update to measure
+            if slot.weight() is weight and weight.shape == before.shape
+        ]
         with torch.no_grad():
-            for slot, weight, before in snapshot:
-                if slot.weight() is not weight or weight.shape != before.shape:
-                    continue  # replaced since the snapshot: no update to measure
-                pending[slot] = _stats.sum_of_squares(before.sub_(weight))
+            norms = _stats.squared_distances([w for _, w, _ in kept], [b for _, _, b in kept])
+        for (slot, _, _), norm in zip(kept, norms, strict=True):
+            self._pending_updates[slot] = norm
 
     def _start(self, step: int) -> None:
         self._step = step
