@@ -412,3 +412,67 @@ def test_update_norms_in_one_call_equal_torchs() -> None:
     ]
     got = [float(t) for t in _stats.squared_distances(after, [b.clone() for b in before])]
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) -> None:
+    """fit(monitor=...): recorded steps too run in the kernel, which hands back its intermediate
+    tensors; the monitor's records equal those of a run on the Python fast step."""
+    from steadygrad import monitor
+    from steadygrad.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, IN, generator=g)
+    y = x[:, :OUT].argmax(1)
+    data = Dataset(
+        train=Split(x[:160], y[:160]),
+        validation=Split(x[160:180], y[160:180]),
+        test=Split(x[180:], y[180:]),
+        name="toy",
+    )
+    runs = {}
+    original = FastStep.try_fast
+    seen: list[int] = []
+
+    def counting(self: FastStep, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        seen.append(self.native_calls)
+        return out
+
+    for use_native in (True, False):
+        model = mlp("elu", "before")
+        seen.clear()
+
+        with (
+            pytest.MonkeyPatch.context() as mp,
+            monitor.watch(model, every=2, out=tmp_path / str(use_native)) as mon,
+        ):
+            mp.setattr(FastStep, "try_fast", counting)
+            fit(
+                model,
+                data,
+                TrainConfig(
+                    epochs=1,
+                    batch_size=16,
+                    progress=False,
+                    out=None,
+                    native=use_native,
+                    optimizer="sgd",  # Adam would scale the gauge biases' rounding noise up
+                ),
+                monitor=mon,
+            )
+        assert seen[-1] == (10 if use_native else 0)
+        runs[use_native] = mon.records
+    native_records, python_records = runs[True], runs[False]
+    assert (
+        [r.step for r in native_records]
+        == [r.step for r in python_records]
+        == list(range(0, 10, 2))
+    )
+    for a, b in zip(native_records, python_records, strict=True):
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            for key, va in la.to_dict().items():
+                vb = lb.to_dict()[key]
+                if isinstance(va, float) and isinstance(vb, float):
+                    assert va == pytest.approx(vb, rel=2e-3, abs=1e-6), (a.step, la.name, key)
+                else:
+                    assert va == vb, (a.step, la.name, key)

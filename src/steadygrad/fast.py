@@ -395,8 +395,10 @@ class _NativeChain:
         scalars: list[float],
         parts: list[_Layer],
         needs: list[bool],
+        fused: list[_Activation | None],
     ) -> None:
         self.kernels = kernels
+        self.fused = fused  # per op: the activation layer a BatchNorm op runs too, if any
         self.ops = ops
         self.scalars = scalars
         self.parts = parts
@@ -410,9 +412,11 @@ class _NativeChain:
         scalars: list[float] = []
         parts: list[_Layer] = []
         needs: list[bool] = []
+        fused: list[_Activation | None] = []
         i = 0
         while i < len(layers):
             layer = layers[i]
+            fused.append(None)
             if isinstance(layer, _Linear):
                 ops.append(_NATIVE_LINEAR)
                 scalars += [0.0] * 5
@@ -421,6 +425,7 @@ class _NativeChain:
                 act: tuple[int, float, float] = (_NATIVE_NONE, 0.0, 1.0)
                 if isinstance(following, _Activation) and following.native is not None:
                     act = following.native
+                    fused[-1] = following
                     i += 1
                 ops.append(_NATIVE_BATCHNORM)
                 scalars += [layer.factor, layer.eps, *act]
@@ -432,10 +437,14 @@ class _NativeChain:
             parts.append(layer)
             needs.append(layer.needs_input_grad)
             i += 1
-        return cls(kernels, ops, scalars, parts, needs)
+        return cls(kernels, ops, scalars, parts, needs, fused)
 
-    def run(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(loss, logits)`` with the gradients in ``p.grad``, or None where it does not apply."""
+    def run(
+        self, x: Tensor, y: Tensor, keep: bool = False
+    ) -> tuple[Tensor, Tensor, dict[_Layer, Tensor], dict[_Linear, Tensor]] | None:
+        """``(loss, logits, outputs, gradients)`` with the parameter gradients in ``p.grad``, or
+        None where the kernel does not apply. With ``keep``: ``outputs`` maps each layer to its
+        output, ``gradients`` each Linear to ∂L/∂(its output); otherwise both are empty."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             return None
         for bn in self.batch_norms:
@@ -465,8 +474,24 @@ class _NativeChain:
                 ]
             else:
                 tensors += [None] * 6
-        out = self.kernels.forward_backward(x, y, self.ops, self.scalars, tensors, self.needs)
-        return (out[0], out[1]) if out else None
+        out = self.kernels.forward_backward(
+            x, y, self.ops, self.scalars, tensors, self.needs, keep
+        )
+        if not out:
+            return None
+        outputs: dict[_Layer, Tensor] = {}
+        gradients: dict[_Linear, Tensor] = {}
+        if keep:
+            for i, part in enumerate(self.parts):
+                result, pre, grad = out[2 + 3 * i : 5 + 3 * i]
+                act = self.fused[i]
+                if act is not None:  # BatchNorm and activation in one op
+                    outputs[part], outputs[act] = pre, result
+                else:
+                    outputs[part] = result
+                if isinstance(part, _Linear):
+                    gradients[part] = grad
+        return out[0], out[1], outputs, gradients
 
 
 def _input_width(layers: list[_Layer]) -> int:
@@ -747,12 +772,15 @@ class FastStep:
             ]
             if counters:
                 torch._foreach_add_(counters, 1)
-            if observer is None and self._native is not None:
-                out = self._native.run(x, y)
-                if out is not None:
+            if self._native is not None:
+                native = self._native.run(x, y, keep=observer is not None)
+                if native is not None:
                     self.native_calls += 1
+                    loss, logits, outputs, gradients = native
+                    if observer is not None:
+                        self._replay(x, observer, outputs, gradients)
                     self._update()
-                    return out
+                    return loss, logits
             if observer is None:
                 a = x
                 for layer in self._layers:
@@ -778,6 +806,36 @@ class FastStep:
                 observer.backward_done()
             self._update()
         return loss, logits
+
+    def _replay(
+        self,
+        x: Tensor,
+        observer: StepObserver,
+        outputs: dict[_Layer, Tensor],
+        gradients: dict[_Linear, Tensor],
+    ) -> None:
+        """Show ``observer`` a step the native kernel took, in :meth:`_observed_forward`'s order:
+        modules entered and left with the kernel's intermediate tensors, then ∂L/∂z of each
+        linear layer's output z from the top, then the end of the backward pass."""
+        observer.enter(self.model, (x,))
+        a = x
+        for child, layers, inner in self._children:
+            inp = a
+            observer.enter(child, (inp,))
+            if inner is not None:  # Dense: its own activation module runs inside its forward
+                z = outputs[layers[0]]
+                observer.enter(inner, (z,))
+                a = outputs[layers[1]] if len(layers) > 1 else z
+                observer.exit(inner, (z,), a)
+            else:
+                for layer in layers:
+                    a = outputs[layer]
+            observer.exit(child, (inp,), a)
+        observer.exit(self.model, (x,), a)
+        for layer in self._backward_layers:
+            if isinstance(layer, _Linear):
+                observer.gradient(outputs[layer], gradients[layer])
+        observer.backward_done()
 
     def _observed_forward(self, x: Tensor, observer: StepObserver) -> Tensor:
         """The forward pass, telling ``observer`` what each module's hooks would see."""

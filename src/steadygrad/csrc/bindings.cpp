@@ -8,13 +8,15 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
                                          const std::vector<int64_t>& ops,
                                          const std::vector<double>& scalars,
                                          const std::vector<std::optional<at::Tensor>>& tensors,
-                                         const std::vector<bool>& needs_input_grad);
+                                         const std::vector<bool>& needs_input_grad, bool keep);
 at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
                   const std::vector<double>& params);
 at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_backward", &forward_backward,
+  m.def("forward_backward", &forward_backward, py::arg("x"), py::arg("labels"), py::arg("ops"),
+        py::arg("scalars"), py::arg("tensors"), py::arg("needs_input_grad"),
+        py::arg("keep") = false,
         "Forward and backward of a Linear/BatchNorm/activation chain with mean cross-entropy "
         "(csrc/chain.cpp)");
   m.def("reduce", &reduce, "The monitor's reductions of one recorded step (csrc/stats.cpp)");

@@ -127,7 +127,7 @@ int64_t grain(int64_t rows) { return std::max<int64_t>(16, 32768 / std::max<int6
 void batch_norm_forward(const at::Tensor& h, const at::Tensor& gamma, const at::Tensor& beta,
                         const at::Tensor& running_mean, const at::Tensor& running_var,
                         double factor, double eps, const Activation& act, at::Tensor& y,
-                        at::Tensor& mean, at::Tensor& invstd) {
+                        at::Tensor& mean, at::Tensor& invstd, at::Tensor* z = nullptr) {
   const int64_t m = h.size(0), n = h.size(1);
   const float* hp = h.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -177,12 +177,18 @@ void batch_norm_forward(const at::Tensor& h, const at::Tensor& gamma, const at::
       if (rvp) rvp[j0 + j] = f * var * unbias + (1.0f - f) * rvp[j0 + j];
     }
   });
+  const int64_t rows = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
   dispatch(act, [&]<int64_t K>() {
-    at::parallel_for(0, m, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)),
-                     [&](int64_t i0, int64_t i1) {
-                       affine_act<K>(hp, scp, shp, yp, i0, i1, n, act.a, act.b);
-                     });
+    at::parallel_for(0, m, rows, [&](int64_t i0, int64_t i1) {
+      affine_act<K>(hp, scp, shp, yp, i0, i1, n, act.a, act.b);
+    });
   });
+  if (z != nullptr && z->defined()) {  // the pre-activation too, for an observer
+    float* zp = z->data_ptr<float>();
+    at::parallel_for(0, m, rows, [&](int64_t i0, int64_t i1) {
+      affine_act<kNone>(hp, scp, shp, zp, i0, i1, n, 0.0f, 1.0f);
+    });
+  }
 }
 
 // Backward of y = f(γ x̂ + β), x̂ = (h − μ) invstd, from g = ∂L/∂y: gz = f'·g;
@@ -292,16 +298,23 @@ struct Saved {
   at::Tensor mean, invstd;
 };
 
+// What an observer is shown of each op (keep = true): its output, the pre-activation of a
+// BatchNorm fused with its activation, and ∂L/∂output of a Linear.
+struct Kept {
+  at::Tensor out, z, grad_out;
+};
+
 }  // namespace
 
-// forward_backward(x, labels, ops, scalars, tensors, needs_input_grad) -> (loss, logits)
+// forward_backward(x, labels, ops, scalars, tensors, needs_input_grad, keep) -> (loss, logits)
+// and, with keep, (output, pre-activation, ∂L/∂output) of each op (undefined where none).
 // Writes every parameter gradient into the given .grad tensors and updates the BatchNorm moving
 // statistics in place. Train-mode BatchNorm only; the caller checks everything else.
 std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
                                          const std::vector<int64_t>& ops,
                                          const std::vector<double>& scalars,
                                          const std::vector<std::optional<at::Tensor>>& tensors,
-                                         const std::vector<bool>& needs_input_grad) {
+                                         const std::vector<bool>& needs_input_grad, bool keep) {
   const int64_t count = static_cast<int64_t>(ops.size());
   TORCH_CHECK(static_cast<int64_t>(scalars.size()) == count * kScalars, "bad scalars");
   TORCH_CHECK(static_cast<int64_t>(tensors.size()) == count * kTensors, "bad tensors");
@@ -333,6 +346,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
   const at::Tensor y = labels.contiguous();
   at::NoGradGuard no_grad;
   std::vector<Saved> saved(static_cast<size_t>(count));
+  std::vector<Kept> kept(keep ? static_cast<size_t>(count) : 0);
   at::Tensor a = x.contiguous();
   for (int64_t op = 0; op < count; ++op) {
     Saved& s = saved[static_cast<size_t>(op)];
@@ -341,6 +355,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         const at::Tensor W = T(op, 0), b = T(op, 1);
         s.input = a;
         a = b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+        if (keep) kept[static_cast<size_t>(op)].out = a;
         break;
       }
       case kBatchNorm: {
@@ -349,9 +364,12 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         s.y = at::empty_like(a);
         s.mean = at::empty({n}, a.options());
         s.invstd = at::empty({n}, a.options());
-        batch_norm_forward(a, T(op, 0), T(op, 1), T(op, 4), T(op, 5), S(op, 0), S(op, 1),
-                           activation(S(op, 2), S(op, 3), S(op, 4)), s.y, s.mean, s.invstd);
+        const Activation act = activation(S(op, 2), S(op, 3), S(op, 4));
+        at::Tensor z = keep && act.kind != kNone ? at::empty_like(a) : at::Tensor();
+        batch_norm_forward(a, T(op, 0), T(op, 1), T(op, 4), T(op, 5), S(op, 0), S(op, 1), act,
+                           s.y, s.mean, s.invstd, &z);
         a = s.y;
+        if (keep) kept[static_cast<size_t>(op)] = {s.y, z, at::Tensor()};
         break;
       }
       case kActivation: {
@@ -367,6 +385,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         });
         s.y = y;
         a = y;
+        if (keep) kept[static_cast<size_t>(op)].out = y;
         break;
       }
       default:
@@ -383,6 +402,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
       case kLinear: {
         const at::Tensor W = T(op, 0);
         at::Tensor Wg = T(op, 2), bg = T(op, 3);
+        if (keep) kept[static_cast<size_t>(op)].grad_out = g;
         at::mm_out(Wg, g.t(), s.input);  // ∂L/∂W = gᵀ a
         if (bg.defined()) at::sum_out(bg, g, {0});
         g = need ? at::mm(g, W) : at::Tensor();
@@ -420,5 +440,11 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
     // Layers that need no ∂L/∂input come first and have no parameters below them: stop.
     if (!g.defined()) break;
   }
-  return {loss, logits};
+  std::vector<at::Tensor> out = {loss, logits};
+  for (const Kept& k : kept) {
+    out.push_back(k.out);
+    out.push_back(k.z);
+    out.push_back(k.grad_out);
+  }
+  return out;
 }
