@@ -814,24 +814,10 @@ class FastStep:
         outputs: dict[_Layer, Tensor],
         gradients: dict[_Linear, Tensor],
     ) -> None:
-        """Show ``observer`` a step the native kernel took, in :meth:`_observed_forward`'s order:
-        modules entered and left with the kernel's intermediate tensors, then ∂L/∂z of each
-        linear layer's output z from the top, then the end of the backward pass."""
-        observer.enter(self.model, (x,))
-        a = x
-        for child, layers, inner in self._children:
-            inp = a
-            observer.enter(child, (inp,))
-            if inner is not None:  # Dense: its own activation module runs inside its forward
-                z = outputs[layers[0]]
-                observer.enter(inner, (z,))
-                a = outputs[layers[1]] if len(layers) > 1 else z
-                observer.exit(inner, (z,), a)
-            else:
-                for layer in layers:
-                    a = outputs[layer]
-            observer.exit(child, (inp,), a)
-        observer.exit(self.model, (x,), a)
+        """Show ``observer`` a step the native kernel took, as :meth:`_observed_forward` shows a
+        Python one: modules entered and left with the kernel's intermediate tensors, then ∂L/∂z
+        of each linear layer's output z from the top, then the end of the backward pass."""
+        self._walk(x, observer, lambda layer, a: outputs[layer])
         for layer in self._backward_layers:
             if isinstance(layer, _Linear):
                 observer.gradient(outputs[layer], gradients[layer])
@@ -839,23 +825,34 @@ class FastStep:
 
     def _observed_forward(self, x: Tensor, observer: StepObserver) -> Tensor:
         """The forward pass, telling ``observer`` what each module's hooks would see."""
+
+        def run(layer: _Layer, a: Tensor) -> Tensor:
+            out = layer.forward(a)
+            if isinstance(layer, _Linear):
+                layer.out = out  # for observer.gradient in the backward pass
+            return out
+
+        return self._walk(x, observer, run)
+
+    def _walk(
+        self, x: Tensor, observer: StepObserver, run: Callable[[_Layer, Tensor], Tensor]
+    ) -> Tensor:
+        """The forward pass module by module, ``run(layer, input) -> output`` for each layer,
+        each module shown to ``observer`` entering with its input and leaving with its output
+        (the root first and last; a Dense's own activation module inside the Dense)."""
         observer.enter(self.model, (x,))
         a = x
         for child, layers, inner in self._children:
             inp = a
             observer.enter(child, (inp,))
             if inner is not None:  # Dense: its own activation module runs inside its forward
-                z = layers[0].forward(inp)
-                assert isinstance(layers[0], _Linear)
-                layers[0].out = z
+                z = run(layers[0], inp)
                 observer.enter(inner, (z,))
-                a = layers[1].forward(z) if len(layers) > 1 else z
+                a = run(layers[1], z) if len(layers) > 1 else z
                 observer.exit(inner, (z,), a)
             else:
                 for layer in layers:
-                    a = layer.forward(a)
-                    if isinstance(layer, _Linear):
-                        layer.out = a
+                    a = run(layer, a)
             observer.exit(child, (inp,), a)
         observer.exit(self.model, (x,), a)
         return a
