@@ -476,3 +476,28 @@ def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) 
                     assert va == pytest.approx(vb, rel=2e-3, abs=1e-6), (a.step, la.name, key)
                 else:
                     assert va == vb, (a.step, la.name, key)
+
+
+def test_a_build_is_announced_and_a_cached_one_is_not(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first use compiles for about a minute: a warning says so, not a silent stall."""
+    import types
+
+    from torch.utils import cpp_extension
+
+    built = types.ModuleType("fake_kernels")
+    monkeypatch.setattr(cpp_extension, "load", lambda *args, **kwargs: built)
+    for cached, expected in ((False, True), (True, False)):
+        monkeypatch.setattr(native, "_tried", False)
+        monkeypatch.setattr(native, "_module", None)
+        monkeypatch.setattr(native, "is_built", lambda cached=cached: cached)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="steadygrad.native"):
+            assert native.load() is built
+        assert ("building steadygrad's native kernels" in caplog.text) is expected
+
+
+def test_the_real_build_is_cached() -> None:
+    assert native.is_built()
+    assert native.build() is not None  # from the cache: no compiler run

@@ -351,17 +351,6 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         flush=True,
     )
 
-    if config.fast and config.native:
-        from steadygrad import native
-
-        if not native.is_built():
-            print(
-                "building steadygrad's native kernels (once per machine, about a minute)…",
-                file=sys.stderr,
-                flush=True,
-            )
-        native.load()
-
     def report(record: dict[str, Any]) -> None:
         print(_format_epoch(record, config.epochs), flush=True)
 

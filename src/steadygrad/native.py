@@ -126,7 +126,11 @@ def load() -> ModuleType | None:
             _reason = "STEADYGRAD_NATIVE=0"
         else:
             try:
-                _log.info("building steadygrad's native kernels (once per machine, ~1 minute)")
+                if not is_built():  # a minute of silence would look like a hang: say so
+                    _log.warning(
+                        "building steadygrad's native kernels (once per machine, about a "
+                        "minute; STEADYGRAD_NATIVE=0 skips them)"
+                    )
                 _module = build()
             except RuntimeError as exc:
                 _reason = str(exc)
