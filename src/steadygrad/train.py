@@ -384,6 +384,12 @@ def fit(
     returned history, passed to ``on_epoch_end`` and, when ``config.out`` is set, appended to
     ``<out>/metrics.jsonl`` after the epoch's checkpoint is written.
 
+    Steps: :mod:`steadygrad.fast`'s hand-written step where it applies (``config.fast``), with its
+    forward and backward in :mod:`steadygrad.native`'s C++ kernel where that applies and builds
+    (``config.native``; the first use on a machine compiles it, about a minute); the plain
+    autograd step elsewhere. The three agree to float rounding; each is deterministic, so a run
+    and its resumption on the same path are bitwise identical.
+
     ``on_step_end(step, loss)`` (optional) is called after each optimizer step with the global step
     and the loss tensor (still on the device: reading it synchronises). ``run_meta`` is stored in
     every checkpoint (the CLI puts the model and data configs there).
