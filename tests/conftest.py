@@ -33,12 +33,19 @@ import numpy as np
 import pytest
 import torch
 
+from steadygrad import native
+
 # Two cores: with pytest-xdist's 2 workers (or anything else running), torch's default of 2
 # intra-op threads per process oversubscribes the CPU, and OpenMP spin-waiting then makes small
 # matmuls 20× slower. One thread per test process (and per subprocess the tests start) keeps the
 # suite fast and stable.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
+
+# The native kernels' build folder, fixed before any test points $XDG_CACHE_HOME at a temporary
+# folder (isolated_data_env): otherwise every such test, and every CLI process it starts, would
+# compile the kernels afresh (a minute each).
+os.environ.setdefault("STEADYGRAD_NATIVE_DIR", native.build_root())
 
 TINY_TRAIN = 600
 TINY_TEST = 100

@@ -441,10 +441,11 @@ class _NativeChain:
 
     def run(
         self, x: Tensor, y: Tensor, keep: bool = False
-    ) -> tuple[Tensor, Tensor, dict[_Layer, Tensor], dict[_Linear, Tensor]] | None:
-        """``(loss, logits, outputs, gradients)`` with the parameter gradients in ``p.grad``, or
-        None where the kernel does not apply. With ``keep``: ``outputs`` maps each layer to its
-        output, ``gradients`` each Linear to ∂L/∂(its output); otherwise both are empty."""
+    ) -> tuple[Tensor, Tensor, Tensor, dict[_Layer, Tensor], dict[_Linear, Tensor]] | None:
+        """``(loss, logits, correct, outputs, gradients)`` with the parameter gradients in
+        ``p.grad``, or None where the kernel does not apply. ``correct``: how many rows' argmax
+        is the label (0-d int64). With ``keep``: ``outputs`` maps each layer to its output,
+        ``gradients`` each Linear to ∂L/∂(its output); otherwise both are empty."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             return None
         for bn in self.batch_norms:
@@ -483,7 +484,7 @@ class _NativeChain:
         gradients: dict[_Linear, Tensor] = {}
         if keep:
             for i, part in enumerate(self.parts):
-                result, pre, grad = out[2 + 3 * i : 5 + 3 * i]
+                result, pre, grad = out[3 + 3 * i : 6 + 3 * i]
                 act = self.fused[i]
                 if act is not None:  # BatchNorm and activation in one op
                     outputs[part], outputs[act] = pre, result
@@ -491,7 +492,7 @@ class _NativeChain:
                     outputs[part] = result
                 if isinstance(part, _Linear):
                     gradients[part] = grad
-        return out[0], out[1], outputs, gradients
+        return out[0], out[1], out[2], outputs, gradients
 
 
 def _input_width(layers: list[_Layer]) -> int:
@@ -715,6 +716,9 @@ class FastStep:
             if kernels is not None:
                 self._native = _NativeChain.build(kernels, built)
         self.native_calls = 0
+        # The number of correct predictions of the last step, where the native kernel counted
+        # them along with the loss (0-d int64 on the device), else None: fit's epoch accuracy.
+        self.last_correct: Tensor | None = None
         self._grads: list[Tensor] = []
         self._state: object = None  # the optimizer.state object the lists below were taken from
         self._state_lists: list[list[Tensor]] = []
@@ -754,6 +758,7 @@ class FastStep:
         the model's forward hooks would see — each module entered with its input and left with
         its output, the root first and last — then ∂L/∂z of each linear layer's output z, then
         the end of the backward pass, before the update."""
+        self.last_correct = None
         reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
             self.last_fallback = reason
@@ -776,7 +781,7 @@ class FastStep:
                 native = self._native.run(x, y, keep=observer is not None)
                 if native is not None:
                     self.native_calls += 1
-                    loss, logits, outputs, gradients = native
+                    loss, logits, self.last_correct, outputs, gradients = native
                     if observer is not None:
                         self._replay(x, observer, outputs, gradients)
                     self._update()
@@ -866,6 +871,7 @@ class FastStep:
         step of the reference network on this machine's CPU). The gradients are accumulated
         into zeroed ``p.grad`` buffers (0 + g = g exactly), so values are the plain step's.
         """
+        self.last_correct = None
         self._link_grads()
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)

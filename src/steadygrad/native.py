@@ -10,9 +10,9 @@ Linear/BatchNorm/activation chain's forward and backward in one call, with ATen'
 ``addmm``/``mm`` for the products and one pass per layer for everything else.
 
 It is built with :func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja`` are needed;
-``ninja`` is a dependency of steadygrad, the compiler is the system's) into torch's extension
-cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), once per machine and
-source version: about a minute the first time, milliseconds after. Where it cannot be built, or
+``ninja`` is a dependency of steadygrad, the compiler is the system's) into :func:`build_root`
+(``$STEADYGRAD_NATIVE_DIR``, default ``~/.cache/torch_extensions/steadygrad``), once per machine
+and source version: about a minute the first time, milliseconds after. Where it cannot be built, or
 with ``STEADYGRAD_NATIVE=0``, :func:`load` returns None and everything runs on the Python fast
 step (:mod:`steadygrad.fast`), which needs no compiler; :func:`unavailable_reason` says why.
 """
@@ -27,7 +27,7 @@ import threading
 from importlib import resources
 from types import ModuleType
 
-__all__ = ["build", "is_built", "load", "unavailable_reason"]
+__all__ = ["build", "build_root", "is_built", "load", "unavailable_reason"]
 
 _log = logging.getLogger("steadygrad.native")
 _lock = threading.Lock()
@@ -74,13 +74,27 @@ def _name() -> str:
     return f"steadygrad_native_{key}"
 
 
-def is_built() -> bool:
-    """Whether this machine's cache already holds the compiled kernels (loading takes ms)."""
+def build_root() -> str:
+    """Where builds go: ``$STEADYGRAD_NATIVE_DIR``, else ``steadygrad/`` in torch's extension
+    cache (``~/.cache/torch_extensions``, or below ``$XDG_CACHE_HOME``), one folder per build."""
+    explicit = os.environ.get("STEADYGRAD_NATIVE_DIR")
+    if explicit:
+        return explicit
     from torch.utils import cpp_extension
 
+    return os.path.join(cpp_extension.get_default_build_root(), "steadygrad")
+
+
+def _build_directory(name: str) -> str:
+    folder = os.path.join(build_root(), name)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def is_built() -> bool:
+    """Whether this machine's cache already holds the compiled kernels (loading takes ms)."""
     name = _name()
-    folder = cpp_extension._get_build_directory(name, verbose=False)
-    return os.path.exists(os.path.join(folder, f"{name}.so"))
+    return os.path.exists(os.path.join(build_root(), name, f"{name}.so"))
 
 
 def build(verbose: bool = False) -> ModuleType:
@@ -95,9 +109,11 @@ def build(verbose: bool = False) -> ModuleType:
     folder = resources.files("steadygrad").joinpath("csrc")
     try:
         with resources.as_file(folder) as path:
+            name = _name()
             module: ModuleType = cpp_extension.load(
-                name=_name(),
-                sources=[str(path / name) for name in SOURCES],
+                name=name,
+                sources=[str(path / source) for source in SOURCES],
+                build_directory=_build_directory(name),
                 extra_cflags=FLAGS,
                 verbose=verbose,
             )

@@ -127,7 +127,8 @@ int64_t grain(int64_t rows) { return std::max<int64_t>(16, 32768 / std::max<int6
 void batch_norm_forward(const at::Tensor& h, const at::Tensor& gamma, const at::Tensor& beta,
                         const at::Tensor& running_mean, const at::Tensor& running_var,
                         double factor, double eps, const Activation& act, at::Tensor& y,
-                        at::Tensor& mean, at::Tensor& invstd, at::Tensor* z = nullptr) {
+                        at::Tensor& mean, at::Tensor& invstd, at::Tensor* z = nullptr,
+                        const at::Tensor& shift_in = at::Tensor()) {
   const int64_t m = h.size(0), n = h.size(1);
   const float* hp = h.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -141,6 +142,9 @@ void batch_norm_forward(const at::Tensor& h, const at::Tensor& gamma, const at::
   const float e = static_cast<float>(eps);
   const float inv_m = 1.0f / static_cast<float>(m);
   const float unbias = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
+  // shift_in: a preceding Linear's bias b left out of h (see forward_backward): the output and
+  // the batch variance do not depend on it, the moving mean does (of h + b: μ + b).
+  const float* bin = shift_in.defined() ? shift_in.data_ptr<float>() : nullptr;
   std::vector<float> scale(static_cast<size_t>(n)), shift(scale.size());
   float* scp = scale.data();
   float* shp = shift.data();
@@ -173,7 +177,8 @@ void batch_norm_forward(const at::Tensor& h, const at::Tensor& gamma, const at::
       const float g = gp ? gp[j0 + j] : 1.0f;
       scp[j0 + j] = g * is;
       shp[j0 + j] = (bp ? bp[j0 + j] : 0.0f) - mp[j0 + j] * g * is;
-      if (rmp) rmp[j0 + j] = f * mp[j0 + j] + (1.0f - f) * rmp[j0 + j];
+      const float mu = mp[j0 + j] + (bin ? bin[j0 + j] : 0.0f);
+      if (rmp) rmp[j0 + j] = f * mu + (1.0f - f) * rmp[j0 + j];
       if (rvp) rvp[j0 + j] = f * var * unbias + (1.0f - f) * rvp[j0 + j];
     }
   });
@@ -260,8 +265,11 @@ void batch_norm_backward(const at::Tensor& g, const at::Tensor& h, const at::Ten
   });
 }
 
-// Mean cross-entropy of logits (m, c) against labels, and its gradient (softmax − onehot)/m.
-at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, at::Tensor& grad) {
+// Mean cross-entropy of logits (m, c) against labels, its gradient (softmax − onehot)/m, and the
+// number of rows whose first largest logit is the label's (torch.argmax's choice; a NaN row
+// counts as wrong).
+at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, at::Tensor& grad,
+                         int64_t& correct) {
   const int64_t m = logits.size(0), c = logits.size(1);
   const float* lp = logits.data_ptr<float>();
   const int64_t* yp = labels.data_ptr<int64_t>();
@@ -270,12 +278,20 @@ at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, at:
     TORCH_CHECK_INDEX(yp[i] >= 0 && yp[i] < c, "Target ", yp[i], " is out of bounds.");
   }
   double total = 0.0;
+  correct = 0;
   const float inv_m = 1.0f / static_cast<float>(m);
   for (int64_t i = 0; i < m; ++i) {
     const float* row = lp + i * c;
     float* grow = gp + i * c;
     float top = row[0];
-    for (int64_t k = 1; k < c; ++k) top = std::max(top, row[k]);
+    int64_t arg = 0;
+    for (int64_t k = 1; k < c; ++k) {
+      if (row[k] > top) {
+        top = row[k];
+        arg = k;
+      }
+    }
+    correct += arg == yp[i];
     float sum = 0.0f;
     for (int64_t k = 0; k < c; ++k) {
       const float ek = std::exp(row[k] - top);
@@ -306,8 +322,8 @@ struct Kept {
 
 }  // namespace
 
-// forward_backward(x, labels, ops, scalars, tensors, needs_input_grad, keep) -> (loss, logits)
-// and, with keep, (output, pre-activation, ∂L/∂output) of each op (undefined where none).
+// forward_backward(x, labels, ops, scalars, tensors, needs_input_grad, keep) -> (loss, logits,
+// correct) and, with keep, (output, pre-activation, ∂L/∂output) of each op (undefined where none).
 // Writes every parameter gradient into the given .grad tensors and updates the BatchNorm moving
 // statistics in place. Train-mode BatchNorm only; the caller checks everything else.
 std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
@@ -347,6 +363,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
   at::NoGradGuard no_grad;
   std::vector<Saved> saved(static_cast<size_t>(count));
   std::vector<Kept> kept(keep ? static_cast<size_t>(count) : 0);
+  at::Tensor folded_bias;  // a Linear's bias left for the BatchNorm after it
   at::Tensor a = x.contiguous();
   for (int64_t op = 0; op < count; ++op) {
     Saved& s = saved[static_cast<size_t>(op)];
@@ -354,7 +371,18 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
       case kLinear: {
         const at::Tensor W = T(op, 0), b = T(op, 1);
         s.input = a;
-        a = b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+        // Followed by a train-mode BatchNorm, the bias only shifts the batch mean, which the
+        // BatchNorm subtracts: a W^T without it, and b handed to the BatchNorm for its moving
+        // mean (saves addmm's pass that broadcasts b into the output and MKL's β-scaling).
+        // An observer is shown the real h = a W^T + b.
+        const bool fold = b.defined() && !keep && op + 1 < count &&
+                          ops[static_cast<size_t>(op + 1)] == kBatchNorm;
+        if (fold) {
+          a = at::mm(a, W.t());
+          folded_bias = b;
+        } else {
+          a = b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+        }
         if (keep) kept[static_cast<size_t>(op)].out = a;
         break;
       }
@@ -367,7 +395,8 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         const Activation act = activation(S(op, 2), S(op, 3), S(op, 4));
         at::Tensor z = keep && act.kind != kNone ? at::empty_like(a) : at::Tensor();
         batch_norm_forward(a, T(op, 0), T(op, 1), T(op, 4), T(op, 5), S(op, 0), S(op, 1), act,
-                           s.y, s.mean, s.invstd, &z);
+                           s.y, s.mean, s.invstd, &z, folded_bias);
+        folded_bias = at::Tensor();
         a = s.y;
         if (keep) kept[static_cast<size_t>(op)] = {s.y, z, at::Tensor()};
         break;
@@ -394,7 +423,8 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
   }
   at::Tensor logits = a;
   at::Tensor g = at::empty_like(logits);
-  at::Tensor loss = cross_entropy(logits, y, g);
+  int64_t correct = 0;
+  at::Tensor loss = cross_entropy(logits, y, g, correct);
   for (int64_t op = count - 1; op >= 0; --op) {
     Saved& s = saved[static_cast<size_t>(op)];
     const bool need = needs_input_grad[static_cast<size_t>(op)];
@@ -440,7 +470,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
     // Layers that need no ∂L/∂input come first and have no parameters below them: stop.
     if (!g.defined()) break;
   }
-  std::vector<at::Tensor> out = {loss, logits};
+  std::vector<at::Tensor> out = {loss, logits, at::scalar_tensor(correct, at::kLong)};
   for (const Kept& k : kept) {
     out.push_back(k.out);
     out.push_back(k.z);
