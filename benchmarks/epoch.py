@@ -500,6 +500,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
 
+    if "steadygrad" in runners:
+        # Compile steadygrad's native kernels now (once per machine, about a minute) rather
+        # than inside the first steadygrad worker.
+        from steadygrad import native
+
+        if native.load() is None:
+            reason = native.unavailable_reason()
+            print(
+                f"note: steadygrad's native kernels are unavailable ({reason}); the steadygrad "
+                "runner uses its Python fast step",
+                file=sys.stderr,
+            )
+
     started = datetime.datetime.now(datetime.UTC)
     load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
