@@ -700,8 +700,9 @@ class _EpochSums:
 
     A non-finite loss makes ``loss_sum`` non-finite for the rest of the epoch, which is all the
     divergence check needs: the replay in :func:`_diagnose_divergence` finds the exact step.
-    Four small kernels per step (the first version also tracked the first bad step on the device
-    and cost three times as much; see docs/performance.md).
+    Two small kernels per step where the step counted its right argmaxes (the native kernel),
+    five elsewhere (the first version also tracked the first bad step on the device and cost
+    three times as much; see docs/performance.md).
     """
 
     def __init__(self, device: torch.device) -> None:
