@@ -505,3 +505,36 @@ def test_a_build_is_announced_and_a_cached_one_is_not(
 def test_the_real_build_is_cached() -> None:
     assert native.is_built()
     assert native.build() is not None  # from the cache: no compiler run
+
+
+def test_builds_compile_copies_that_nothing_rewrites(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """ninja recompiles when a source is newer than its object: the build compiles copies kept
+    in its own folder (named by the content's hash), so rewriting the package's files with the
+    same content (a git checkout, a reinstall) does not cost a minute's compile."""
+    import os
+    from importlib import resources
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("STEADYGRAD_NATIVE_DIR", str(tmp_path))
+    seen: dict[str, Any] = {}
+
+    def fake_load(**kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    assert native.build() == "module"
+    sources = seen["sources"]
+    assert [os.path.basename(p) for p in sources] == list(native.SOURCES)
+    assert all(p.startswith(str(tmp_path / native._name())) for p in sources)
+    package = resources.files("steadygrad").joinpath("csrc")
+    for path in sources:
+        with open(path, "rb") as f:
+            assert f.read() == package.joinpath(os.path.basename(path)).read_bytes()
+    stamps = [os.stat(p).st_mtime_ns for p in sources]
+    native.build()  # again: the copies are not rewritten
+    assert [os.stat(p).st_mtime_ns for p in sources] == stamps
+    assert seen["build_directory"] == str(tmp_path / native._name())

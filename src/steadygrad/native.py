@@ -91,6 +91,29 @@ def _build_directory(name: str) -> str:
     return folder
 
 
+def _sources(name: str) -> list[str]:
+    """The sources, copied once into the build's own folder, where nothing touches them again.
+
+    ninja rebuilds when a source is newer than its object file: compiling the package's files in
+    place would recompile (a minute) after anything rewrote them with the same content — a git
+    checkout or stash, a reinstall. The build's name hashes their content, so a copy made once
+    stays right for it. Copies are written atomically (two processes may build at once).
+    """
+    folder = resources.files("steadygrad").joinpath("csrc")
+    target = os.path.join(_build_directory(name), "src")
+    os.makedirs(target, exist_ok=True)
+    paths = []
+    for source in SOURCES:
+        path = os.path.join(target, source)
+        if not os.path.exists(path):
+            partial = f"{path}.{os.getpid()}.partial"
+            with open(partial, "wb") as f:
+                f.write(folder.joinpath(source).read_bytes())
+            os.replace(partial, path)
+        paths.append(path)
+    return paths
+
+
 def is_built() -> bool:
     """Whether this machine's cache already holds the compiled kernels (loading takes ms)."""
     name = _name()
@@ -106,18 +129,16 @@ def build(verbose: bool = False) -> ModuleType:
     """
     from torch.utils import cpp_extension
 
-    folder = resources.files("steadygrad").joinpath("csrc")
     try:
-        with resources.as_file(folder) as path:
-            name = _name()
-            module: ModuleType = cpp_extension.load(
-                name=name,
-                sources=[str(path / source) for source in SOURCES],
-                build_directory=_build_directory(name),
-                extra_cflags=FLAGS,
-                verbose=verbose,
-            )
-            return module
+        name = _name()
+        module: ModuleType = cpp_extension.load(
+            name=name,
+            sources=_sources(name),
+            build_directory=_build_directory(name),
+            extra_cflags=FLAGS,
+            verbose=verbose,
+        )
+        return module
     except Exception as exc:  # compiler, ninja, linker: any of them may be missing
         text = str(exc).strip()
         first = text.splitlines()[0][:160] if text else type(exc).__name__
