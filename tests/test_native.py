@@ -14,7 +14,6 @@ import copy
 import itertools
 import logging
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,14 +29,6 @@ from steadygrad.train import TrainConfig, fit
 IN, HIDDEN, OUT, BATCH = 12, [10, 8], 4, 16
 
 pytestmark = pytest.mark.skipif(native.load() is None, reason="native kernels unavailable here")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batches(
