@@ -55,8 +55,9 @@ def _disabled() -> bool:
 
 
 def _name() -> str:
-    """The extension's name: a hash of the source, the flags, torch's version and the CPU
-    (``-march=native``), so a new source, torch or machine builds afresh."""
+    """The extension's name: a hash of the sources, the flags, torch's version and installation,
+    and the CPU (``-march=native``), so a new source, torch, environment or machine builds afresh
+    in its own folder."""
     import torch
 
     folder = resources.files("steadygrad").joinpath("csrc")
@@ -67,6 +68,10 @@ def _name() -> str:
                 *texts,
                 " ".join(FLAGS).encode(),
                 torch.__version__.encode(),
+                # the installation too: its headers are on the compile line, and ninja rebuilds
+                # when that line changes, so two environments sharing one folder would take
+                # turns recompiling
+                os.path.dirname(torch.__file__).encode(),
                 _cpu_signature().encode(),
             ]
         )
