@@ -174,6 +174,7 @@ def test_elu_of_very_negative_and_large_inputs() -> None:
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(64, dtype=torch.long)
     _, logits = step(x, y)
+    assert step.native_calls == 1, (step._native, step.last_fallback, native.unavailable_reason())
     expected = plain(x)
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=1e-5)
@@ -241,6 +242,7 @@ def test_bad_labels_raise_the_plain_paths_error() -> None:
     model = mlp("elu")
     step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), native=True)
     assert step is not None
+    assert step._native is not None  # the kernel raises it, not the Python step
     x, y = batches(1)[0]
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(IndexError, match="Target 7 is out of bounds"):
@@ -405,8 +407,12 @@ def test_update_norms_in_one_call_equal_torchs() -> None:
     expected = [
         float(((a.double() - b.double()) ** 2).sum()) for a, b in zip(after, before, strict=True)
     ]
-    got = [float(t) for t in _stats.squared_distances(after, [b.clone() for b in before])]
+    snapshots = [b.clone() for b in before]
+    got = [float(t) for t in _stats.squared_distances(after, snapshots)]
     assert got == pytest.approx(expected, rel=1e-5)
+    # the native pair was read, not overwritten; the others went through torch's in-place sub_
+    assert torch.equal(snapshots[0], before[0])
+    assert not torch.equal(snapshots[1], before[1]) and not torch.equal(snapshots[2], before[2])
 
 
 def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) -> None:

@@ -445,9 +445,8 @@ class _NativeChain:
         """``(loss, logits, correct, outputs, gradients)`` with the parameter gradients in
         ``p.grad``, or None where the kernel does not apply. ``correct``: how many rows' argmax
         is the label (0-d int64). With ``keep``: ``outputs`` maps each layer to its output,
-        ``gradients`` each Linear to ∂L/∂(its output); otherwise both are empty."""
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            return None
+        ``gradients`` each Linear to ∂L/∂(its output); otherwise both are empty. (The kernel
+        itself declines inputs and tensors it cannot take: not float32, not on the CPU.)"""
         for bn in self.batch_norms:
             if not (bn.module.training or bn.always_batch_stats):
                 return None
@@ -475,9 +474,7 @@ class _NativeChain:
                 ]
             else:
                 tensors += [None] * 6
-        out = self.kernels.forward_backward(
-            x, y, self.ops, self.scalars, tensors, self.needs, keep
-        )
+        out = self.kernels.forward_backward(x, y, self.ops, self.scalars, tensors, self.needs, keep)
         if not out:
             return None
         outputs: dict[_Layer, Tensor] = {}

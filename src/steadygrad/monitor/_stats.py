@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import torch
 
@@ -56,7 +56,8 @@ class Batch:
     With ``lazy = True`` (the monitor sets it once a step's signals can no longer change) and
     steadygrad's native kernels built, the moments and counts of contiguous float32 CPU tensors
     are not computed when queued: :meth:`read` computes all of them in one call
-    (``csrc/stats.cpp``), one pass per tensor, Σx and Σx² in float64.
+    (``csrc/stats.cpp``), one pass per tensor, Σx and Σx² in float32 within blocks of 512 entries
+    and in float64 across blocks.
     """
 
     def __init__(self) -> None:
@@ -91,13 +92,7 @@ class Batch:
 
     def defers(self, t: torch.Tensor) -> bool:
         """Whether a statistic of ``t`` would be computed at :meth:`read` (see the class)."""
-        return (
-            self.lazy
-            and t.dtype == torch.float32
-            and t.device.type == "cpu"
-            and t.is_contiguous()
-            and _kernels() is not None
-        )
+        return self.lazy and _native_reads(t)
 
     def add_request(self, t: torch.Tensor, kind: int, p0: float = 0.0, p1: float = 0.0) -> int:
         """Queue a native reduction of ``t`` (:meth:`defers` must hold): ``KIND_MOMENTS`` gives
@@ -113,7 +108,7 @@ class Batch:
         native call for the lazy requests)."""
         if not self._requests:
             return self._read_items()
-        kernels = _kernels()
+        kernels = native.load()
         assert kernels is not None
         tensors, kinds, params = [], [], []
         for t, kind, p0, p1 in self._requests:
@@ -181,9 +176,14 @@ class Batch:
 KIND_MOMENTS, KIND_SATURATED, KIND_DEAD = 0, 1, 2  # csrc/stats.cpp's request kinds
 
 
-def _kernels() -> Any:
-    """steadygrad's native kernels, or None (not built here, or STEADYGRAD_NATIVE=0)."""
-    return native.load()
+def _native_reads(t: torch.Tensor) -> bool:
+    """Whether ``csrc/stats.cpp`` can read ``t`` (contiguous float32 on the CPU) and is built."""
+    return (
+        t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and t.is_contiguous()
+        and native.load() is not None
+    )
 
 
 def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -192,20 +192,18 @@ def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> 
     Contiguous float32 CPU pairs go to the native kernel in one call; others are ``before`` −
     ``after`` in place (the snapshot buffer is overwritten) and a dot product each.
     """
-    kernels = _kernels()
-    native = [
+    readable = [
         i
         for i, (a, b) in enumerate(zip(after, before, strict=True))
-        if kernels is not None
-        and a.dtype == b.dtype == torch.float32
-        and a.device.type == b.device.type == "cpu"
-        and a.is_contiguous()
-        and b.is_contiguous()
+        if _native_reads(a) and _native_reads(b)
     ]
     out: list[torch.Tensor | None] = [None] * len(after)
-    if native:
-        values = kernels.squared_distances([after[i] for i in native], [before[i] for i in native])
-        for k, i in enumerate(native):
+    kernels = native.load() if readable else None
+    if kernels is not None:
+        values = kernels.squared_distances(
+            [after[i] for i in readable], [before[i] for i in readable]
+        )
+        for k, i in enumerate(readable):
             out[i] = values[k]
     for i, (a, b) in enumerate(zip(after, before, strict=True)):
         if out[i] is None:
@@ -250,16 +248,24 @@ def moments(t: torch.Tensor, batch: Batch, *, keep: bool = True) -> Moments | No
 
     For forward signals, which a later in-place operation may overwrite.
     """
-    n = t.numel()
-    if n == 0:
+    if t.numel() == 0:
         return None
-    x = _values(t)
+    return _queue_moments(_values(t), t if keep else None, batch)
+
+
+def _queue_moments(
+    x: torch.Tensor, ref: torch.Tensor | None, batch: Batch, norm: torch.Tensor | None = None
+) -> Moments:
+    """Queue s = Σx and q = Σx² of non-empty ``x`` (native at read time where the batch defers
+    it), or s and the given ``norm`` r = ‖x‖₂."""
+    n = x.numel()
     if batch.defers(x):
-        at_sum = batch.add_request(x, KIND_MOMENTS)
-        return Moments(n=n, at_sum=at_sum, at_norm=at_sum + 1, ref=t if keep else None)
+        at_sum = batch.add_request(x.detach(), KIND_MOMENTS)
+        return Moments(n=n, at_sum=at_sum, at_norm=at_sum + 1, ref=ref)
     at_sum = batch.add(x.sum())
-    at_norm = batch.add(sum_of_squares(x))
-    return Moments(n=n, at_sum=at_sum, at_norm=at_norm, ref=t if keep else None)
+    if norm is not None:
+        return Moments(n=n, at_sum=at_sum, at_norm=batch.add(norm), ref=ref, squared=False)
+    return Moments(n=n, at_sum=at_sum, at_norm=batch.add(sum_of_squares(x)), ref=ref)
 
 
 def moments_many(tensors: list[torch.Tensor], batch: Batch) -> list[Moments | None]:
@@ -275,14 +281,7 @@ def moments_many(tensors: list[torch.Tensor], batch: Batch) -> list[Moments | No
     on_gpu = any(values[i].device.type == "cuda" for i in nonempty)
     norms = torch._foreach_norm([values[i] for i in nonempty]) if on_gpu else None
     for k, i in enumerate(nonempty):
-        t = values[i]
-        if batch.defers(t):
-            at_sum = batch.add_request(t.detach(), KIND_MOMENTS)
-            out[i] = Moments(t.numel(), at_sum, at_sum + 1, tensors[i])
-            continue
-        at_sum = batch.add(t.sum())
-        second = norms[k] if norms is not None else sum_of_squares(t)
-        out[i] = Moments(t.numel(), at_sum, batch.add(second), tensors[i], squared=not on_gpu)
+        out[i] = _queue_moments(values[i], tensors[i], batch, None if norms is None else norms[k])
     return out
 
 
