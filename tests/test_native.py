@@ -535,3 +535,27 @@ def test_builds_compile_copies_that_nothing_rewrites(
     native.build()  # again: the copies are not rewritten
     assert [os.stat(p).st_mtime_ns for p in sources] == stamps
     assert seen["build_directory"] == str(tmp_path / native._name())
+
+
+@pytest.mark.slow
+def test_sources_are_cpp17() -> None:
+    """torch before 2.12 builds extensions with ``-std=c++17`` (2.13 with c++20), and the library
+    accepts torch>=2.3: the sources must compile as C++17. A GPU machine's torch 2.11 failed on
+    ``std::bit_cast`` (C++20) and fell back to the Python step. ~50 s of header parsing."""
+    import shutil
+    import subprocess
+    import sysconfig
+    from importlib import resources
+
+    from torch.utils import cpp_extension
+
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    folder = resources.files("steadygrad").joinpath("csrc")
+    includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
+    command = [compiler, "-std=c++17", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=check"]
+    command += [flag for path in includes for flag in ("-isystem", path)]
+    command += [str(folder.joinpath(name)) for name in native.SOURCES]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
