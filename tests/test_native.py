@@ -559,3 +559,215 @@ def test_sources_are_cpp17() -> None:
     command += [str(folder.joinpath(name)) for name in native.SOURCES]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- Adam with sums
+
+
+@pytest.mark.parametrize(
+    ("beta1", "weight_decay", "decoupled"),
+    [(0.9, 0.0, False), (0.9, 0.01, False), (0.9, 0.01, True), (0.3, 0.0, False)],
+)
+def test_adam_step_is_torchs_fused_adam_and_sums_what_it_read(
+    beta1: float, weight_decay: float, decoupled: bool
+) -> None:
+    """``csrc/adam.cpp`` against ``torch._fused_adam_``/``_fused_adamw_`` over 30 steps (sizes
+    off the 8-lane vectors and the 512-entry blocks), and its sums against float64 formulas:
+    Σθ, Σθ², Σg, Σg² of the tensors before the update and Σ(θ_new − θ_old)²."""
+    kernels = native.load()
+    g = torch.Generator().manual_seed(5)
+    shapes = [(300, 784), (513,), (7,), (1,), (10, 100)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    ref = [p.clone() for p in params]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    m_ref, v_ref = [t.clone() for t in m], [t.clone() for t in v]
+    steps = torch.zeros(len(shapes))
+    steps_ref = torch.zeros(len(shapes))
+    fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    hyper = dict(lr=1e-2, beta1=beta1, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    for _ in range(30):
+        grads = [torch.randn(s, generator=g) * 0.1 for s in shapes]
+        before = [p.double() for p in params]
+        steps.add_(1)
+        steps_ref.add_(1)
+        sums = kernels.adam_step(
+            params, grads, m, v, steps, decoupled=decoupled, stats=True, **hyper
+        )
+        fused(
+            ref, grads, m_ref, v_ref, [], list(steps_ref.unbind()),
+            amsgrad=False, maximize=False, **hyper,
+        )  # fmt: skip
+        for k, (b, gr, p) in enumerate(zip(before, grads, params, strict=True)):
+            terms = [b, b * b, gr.double(), gr.double() ** 2, (p.double() - b) ** 2]
+            for j, t in enumerate(terms):
+                # float32 within 512-entry blocks: the error scales with Σ|x|, not with |Σx|
+                scale = t.abs().sum().item()
+                assert sums[k, j].item() == pytest.approx(t.sum().item(), abs=1e-6 * scale), (k, j)
+    for got, want in zip(params + m + v, ref + m_ref + v_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_adam_step_without_sums_returns_nothing_and_rejects_other_tensors() -> None:
+    kernels = native.load()
+    p, gr = torch.ones(10), torch.ones(10)
+    out = kernels.adam_step(
+        [p], [gr], [torch.zeros(10)], [torch.zeros(10)], torch.ones(1),
+        lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, stats=False,
+    )  # fmt: skip
+    assert out.numel() == 0 and bool((p < 1).all())
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensors like the parameter"):
+        kernels.adam_step(
+            [p], [gr.double()], [torch.zeros(10)], [torch.zeros(10)], torch.ones(1),
+            lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False,
+            stats=False,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- kept records
+
+
+def _toy_data() -> Any:
+    from steadygrad.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, IN, generator=g) * 1.5
+    y = x[:, :OUT].argmax(1)
+    return Dataset(
+        train=Split(x[:160], y[:160]),
+        validation=Split(x[160:180], y[160:180]),
+        test=Split(x[180:], y[180:]),
+        name="toy",
+    )
+
+
+def _monitored_fit(
+    build: Any, every: int, folder: Any, patches: dict[tuple[Any, str], Any] | None = None
+) -> Any:
+    """The monitor of fit(monitor=watch(every)) with Adam, ``patches`` ((owner, name) → value)
+    applied."""
+    from steadygrad import monitor
+
+    model = build()
+    with pytest.MonkeyPatch.context() as mp, monitor.watch(model, every=every, out=folder) as mon:
+        for (owner, name), value in (patches or {}).items():
+            mp.setattr(owner, name, value)
+        fit(
+            model,
+            _toy_data(),
+            TrainConfig(epochs=2, batch_size=16, progress=False, out=None, optimizer="adam"),
+            monitor=mon,
+        )
+    return mon
+
+
+def _same_records(a: Any, b: Any, rel: float) -> None:
+    assert [r.step for r in a.records] == [r.step for r in b.records]
+    assert a.notes == b.notes
+    for ra, rb in zip(a.records, b.records, strict=True):
+        assert ra.loss == pytest.approx(rb.loss, rel=1e-6)
+        for la, lb in zip(ra.layers, rb.layers, strict=True):
+            da, db = la.to_dict(), lb.to_dict()
+            assert da.keys() == db.keys()
+            for key, va in da.items():
+                vb = db[key]
+                if isinstance(va, float) and isinstance(vb, float):
+                    assert va == pytest.approx(vb, rel=rel, abs=1e-9), (ra.step, la.name, key)
+                else:
+                    assert va == vb, (ra.step, la.name, key)
+
+
+KEPT_MODELS = {
+    "elu, BatchNorm before": lambda: mlp("elu", "before"),
+    "relu, BatchNorm after": lambda: mlp("relu", "after", output_bn=False),
+    "leaky_relu, no BatchNorm": lambda: mlp("leaky_relu", None, output_bn=False),
+    "selu, BatchNorm before, plain logits": lambda: mlp("selu", "before", output_bn=False),
+}
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("name", list(KEPT_MODELS))
+def test_kept_records_equal_replayed_records(name: str, every: int, tmp_path: Any) -> None:
+    """After one replayed step, fit's recorded native steps are recorded from the kernel's kept
+    tensors and the update's sums, without a replay: the records equal those of replaying every
+    step (the same statistics of the same tensors, reduced in the same kernel)."""
+    from steadygrad.monitor import _watch
+
+    build = KEPT_MODELS[name]
+    calls = {"fast": 0, "slow": 0}
+    fast_finalize = _watch.Monitor._finalize_kept
+
+    def counting(self: Any, *args: Any) -> bool:
+        done = fast_finalize(self, *args)
+        calls["fast" if done else "slow"] += 1
+        return done
+
+    kept = _monitored_fit(
+        build, every, tmp_path / "kept", {(_watch.Monitor, "_finalize_kept"): counting}
+    )
+    replayed = _monitored_fit(
+        build,
+        every,
+        tmp_path / "replayed",
+        {(_watch._FastObserver, "kept"): lambda self, key, tensors: False},
+    )
+    recorded = len(kept.records)
+    assert recorded == len(range(0, 20, every))
+    assert calls == {"fast": recorded - 1, "slow": 0}  # the first recorded step is replayed
+    _same_records(kept, replayed, rel=1e-6)
+    assert all(la.update_ratio is not None for r in kept.records[1:] for la in r.layers)
+
+
+def test_kept_records_take_the_slow_path_where_sums_do_not_suffice(tmp_path: Any) -> None:
+    """Where a sum is not finite or cancels, the kept step goes through _finalize (its precise
+    second pass) instead; here forced on every step: the records still equal the replayed."""
+    from steadygrad.monitor import _stats, _watch
+
+    build = KEPT_MODELS["elu, BatchNorm before"]
+    slow = _monitored_fit(
+        build,
+        2,
+        tmp_path / "slow",
+        {(_watch.Monitor, "_finalize_kept"): lambda self, *args: False},
+    )
+    replayed = _monitored_fit(
+        build,
+        2,
+        tmp_path / "replayed",
+        {(_watch._FastObserver, "kept"): lambda self, key, tensors: False},
+    )
+    _same_records(slow, replayed, rel=1e-6)
+    assert _stats.sufficient(float("nan"), 1.0, 4) is False
+    assert _stats.sufficient(4.0, 4.0 + 1e-6, 4) is False  # var ≪ mean²: cancellation
+
+
+def test_update_ratios_from_the_updates_sums_equal_the_snapshots(tmp_path: Any) -> None:
+    """With the native Adam's sums the monitor takes no copy of the weights: the update ratios
+    equal those measured from a copy (torch's fused Adam, replayed steps; the two Adams round
+    differently, hence the tolerance)."""
+    from steadygrad.monitor import _watch
+
+    build = KEPT_MODELS["elu, BatchNorm before"]
+    snapshots = {"n": 0}
+    take = _watch.Monitor._take_snapshot
+
+    def counting(self: Any) -> None:
+        snapshots["n"] += 1
+        take(self)
+
+    summed = _monitored_fit(
+        build, 5, tmp_path / "sums", {(_watch.Monitor, "_take_snapshot"): counting}
+    )
+    assert snapshots["n"] == 0
+    copied = _monitored_fit(
+        build,
+        5,
+        tmp_path / "copies",
+        {
+            (FastStep, "gives_stats"): lambda self: False,
+            (_watch.Monitor, "_take_snapshot"): counting,
+        },
+    )
+    assert snapshots["n"] == 4  # before the updates of steps 4, 9, 14 and 19 (records 5 … 20)
+    for ra, rb in zip(summed.records[1:], copied.records[1:], strict=True):
+        for la, lb in zip(ra.layers, rb.layers, strict=True):
+            assert la.update_ratio == pytest.approx(lb.update_ratio, rel=1e-3), (ra.step, la.name)

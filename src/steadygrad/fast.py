@@ -404,6 +404,10 @@ class _NativeChain:
         self.parts = parts
         self.needs = needs
         self.batch_norms = [p for p in parts if isinstance(p, _BatchNorm)]
+        # every layer of the step, the activations the BatchNorm ops run included, in order
+        self.layers: list[_Layer] = []
+        for part, act in zip(parts, fused, strict=True):
+            self.layers += [part] if act is None else [part, act]
 
     @classmethod
     def build(cls, kernels: Any, layers: list[_Layer]) -> _NativeChain | None:
@@ -490,6 +494,15 @@ class _NativeChain:
                 if isinstance(part, _Linear):
                     gradients[part] = grad
         return out[0], out[1], out[2], outputs, gradients
+
+
+    def kept(self, outputs: dict[_Layer, Tensor], gradients: dict[_Linear, Tensor]) -> list[Tensor]:
+        """:meth:`run`'s kept tensors as one list (:meth:`StepObserver.kept`'s layout): every
+        layer's output in the step's order, then ∂L/∂z of every Linear in that order."""
+        layers = self.layers
+        return [outputs[layer] for layer in layers] + [
+            gradients[layer] for layer in layers if isinstance(layer, _Linear)
+        ]
 
 
 def _input_width(layers: list[_Layer]) -> int:
@@ -643,6 +656,18 @@ class StepObserver(Protocol):
     def backward_done(self) -> None:
         """The backward pass ended; the update has not run yet."""
 
+    def kept(self, key: object, tensors: list[Tensor]) -> bool:
+        """A native step's intermediate tensors, before any replay: each layer's output (in
+        the step's layer order), then ∂L/∂z of each linear layer's output z (same order).
+        ``key`` names the layout (the same key, the same layout). Return True if the observer
+        records the step from these alone: then nothing is replayed, and :meth:`updated` follows
+        the update. Called only where the update gives the parameters' sums."""
+
+    def updated(self, params: list[Tensor], stats: Tensor | None) -> None:
+        """After the update: ``stats`` (float64, one row per parameter of ``params``) holds
+        Σθ, Σθ², Σg, Σg² before the update and Σ(Δθ)² of the update; None if the update could
+        not give them."""
+
 
 def _owned_by(owner: object | None, *registries: dict[int, Any]) -> bool:
     """Whether every hook in ``registries`` is a method bound to ``owner`` (never for None)."""
@@ -706,12 +731,14 @@ class FastStep:
         ]
         self._in_features = _input_width(built)
         self._native: _NativeChain | None = None
+        self._kernels: Any = None  # steadygrad.native's module, where native=True and built
         if native:
             from steadygrad import native as native_kernels  # builds them on first use
 
             kernels = native_kernels.load()
             if kernels is not None:
                 self._native = _NativeChain.build(kernels, built)
+                self._kernels = kernels
         self.native_calls = 0
         # The number of correct predictions of the last step, where the native kernel counted
         # them along with the loss (0-d int64 on the device), else None: fit's epoch accuracy.
@@ -745,6 +772,7 @@ class FastStep:
         ignore_hooks_of: object | None = None,
         before: Callable[[], None] | None = None,
         observer: StepObserver | None = None,
+        update_stats: Callable[[list[Tensor], Tensor | None], None] | None = None,
     ) -> tuple[Tensor, Tensor] | None:
         """The fast step, or None (nothing done) when it cannot be taken; ``before()`` is called
         just before a fast step starts (``Monitor.pass_step``: the monitor counts the step only
@@ -754,7 +782,11 @@ class FastStep:
         ``observer`` (a :class:`StepObserver`, e.g. ``Monitor.fast_observer()``) is shown what
         the model's forward hooks would see — each module entered with its input and left with
         its output, the root first and last — then ∂L/∂z of each linear layer's output z, then
-        the end of the backward pass, before the update."""
+        the end of the backward pass, before the update.
+
+        ``update_stats(params, stats)`` (e.g. ``observer.updated``) is called after the update
+        with the parameters' sums (:meth:`StepObserver.updated`), where :meth:`gives_stats`
+        held; a step given both may skip the replay (:meth:`StepObserver.kept`)."""
         self.last_correct = None
         reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
@@ -779,9 +811,13 @@ class FastStep:
                 if native is not None:
                     self.native_calls += 1
                     loss, logits, self.last_correct, outputs, gradients = native
-                    if observer is not None:
+                    if observer is not None and not (
+                        update_stats is not None
+                        and self.gives_stats()
+                        and observer.kept(self._native, self._native.kept(outputs, gradients))
+                    ):
                         self._replay(x, observer, outputs, gradients)
-                    self._update()
+                    self._update(update_stats)
                     return loss, logits
             if observer is None:
                 a = x
@@ -806,7 +842,7 @@ class FastStep:
                         layer.out = None
                     g = layer.backward(g)
                 observer.backward_done()
-            self._update()
+            self._update(update_stats)
         return loss, logits
 
     def _replay(
@@ -952,12 +988,58 @@ class FastStep:
             linked.append(g)
         self._grads = linked
 
-    def _update(self) -> None:
+    def gives_stats(self) -> bool:
+        """Whether the next update can give the parameters' sums (``csrc/adam.cpp``: Adam or
+        AdamW, without amsgrad or maximize, float32 on the CPU, native kernels built)."""
+        if self._kernels is None or self._dtype != torch.float32:
+            return False
         opt = self.optimizer
         group = opt.param_groups[0]
+        return (
+            isinstance(opt, torch.optim.Adam)
+            and not group["amsgrad"]
+            and not group["maximize"]
+            and self._fused_ok(group)
+        )
+
+    def _update(
+        self, update_stats: Callable[[list[Tensor], Tensor | None], None] | None = None
+    ) -> None:
+        stats: Tensor | None = None
+        try:
+            stats = self._apply_update(update_stats is not None)
+        finally:
+            if update_stats is not None:
+                update_stats(self._params, stats)
+
+    def _apply_update(self, want_stats: bool) -> Tensor | None:
+        """The optimizer step; with ``want_stats`` and :meth:`gives_stats`, by ``csrc/adam.cpp``
+        with the parameters' sums, which it returns (else None)."""
+        opt = self.optimizer
+        group = opt.param_groups[0]
+        if want_stats and self.gives_stats():
+            exp_avgs, exp_avg_sqs, _, _ = self._state_lists
+            self._flat_steps.add_(1)
+            beta1, beta2 = group["betas"]
+            stats: Tensor = self._kernels.adam_step(
+                self._params,
+                self._grads,
+                exp_avgs,
+                exp_avg_sqs,
+                self._flat_steps,
+                lr=float(group["lr"]),
+                beta1=float(beta1),
+                beta2=float(beta2),
+                eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]),
+                decoupled=bool(group.get("decoupled_weight_decay", False)),
+                stats=True,
+            )
+            opt._opt_called = True  # type: ignore[attr-defined]
+            return stats
         if not self._fused_ok(group):
             opt.step()
-            return
+            return None
         lr = float(group["lr"])
         if isinstance(opt, torch.optim.Adam):  # AdamW too
             exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._state_lists
@@ -1011,6 +1093,7 @@ class FastStep:
         # What torch's LR schedulers' wrapper of optimizer.step() records, so that they do not
         # warn that scheduler.step() came first.
         opt._opt_called = True  # type: ignore[attr-defined]
+        return None
 
     def _fused_ok(self, group: dict[str, Any]) -> bool:
         """Whether the fused CPU kernels apply now; otherwise ``optimizer.step()`` runs."""

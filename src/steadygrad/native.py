@@ -35,7 +35,7 @@ _module: ModuleType | None = None
 _reason: str | None = None
 _tried = False
 
-SOURCES = ("bindings.cpp", "chain.cpp", "stats.cpp")
+SOURCES = ("bindings.cpp", "chain.cpp", "stats.cpp", "adam.cpp")
 # -fno-trapping-math (as torch itself is built): lets the activation's select vectorise.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 

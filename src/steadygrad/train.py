@@ -489,9 +489,17 @@ def _fit(
         watcher, fast_only = monitor, fast_step
 
         def monitored_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            observer = watcher.fast_observer()
+            # Where the update can give the parameters' sums (csrc/adam.cpp), the monitor takes
+            # the weights' moments and the update's norm from it: no snapshot, no extra passes.
+            sums = observer.updated if fast_only.gives_stats() else None
             if watcher.records_next_step():  # the fast step shows the monitor what hooks would see
                 out = fast_only.try_fast(
-                    x, y, ignore_hooks_of=watcher, observer=watcher.fast_observer()
+                    x, y, ignore_hooks_of=watcher, observer=observer, update_stats=sums
+                )
+            elif sums is not None and observer.wants_norms():
+                out = fast_only.try_fast(
+                    x, y, ignore_hooks_of=watcher, before=observer.pass_step, update_stats=sums
                 )
             else:
                 out = fast_only.try_fast(x, y, ignore_hooks_of=watcher, before=watcher.pass_step)

@@ -12,6 +12,11 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
 at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
                   const std::vector<double>& params);
 at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b);
+at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                     const std::vector<at::Tensor>& exp_avgs,
+                     const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
+                     double lr, double beta1, double beta2, double eps, double weight_decay,
+                     bool decoupled, bool stats);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_backward", &forward_backward, py::arg("x"), py::arg("labels"), py::arg("ops"),
@@ -22,4 +27,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reduce", &reduce, "The monitor's reductions of one recorded step (csrc/stats.cpp)");
   m.def("squared_distances", &squared_distances,
         "Σ (a − b)² of each pair of tensors, float64 (csrc/stats.cpp)");
+  m.def("adam_step", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
+        py::arg("exp_avg_sqs"), py::arg("steps"), py::arg("lr"), py::arg("beta1"),
+        py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
+        py::arg("stats"),
+        "Adam/AdamW update, with the parameters' and the update's sums when asked "
+        "(csrc/adam.cpp)");
 }

@@ -92,7 +92,7 @@ class Batch:
 
     def defers(self, t: torch.Tensor) -> bool:
         """Whether a statistic of ``t`` would be computed at :meth:`read` (see the class)."""
-        return self.lazy and _native_reads(t)
+        return self.lazy and native_reads(t)
 
     def add_request(self, t: torch.Tensor, kind: int, p0: float = 0.0, p1: float = 0.0) -> int:
         """Queue a native reduction of ``t`` (:meth:`defers` must hold): ``KIND_MOMENTS`` gives
@@ -176,7 +176,7 @@ class Batch:
 KIND_MOMENTS, KIND_SATURATED, KIND_DEAD = 0, 1, 2  # csrc/stats.cpp's request kinds
 
 
-def _native_reads(t: torch.Tensor) -> bool:
+def native_reads(t: torch.Tensor) -> bool:
     """Whether ``csrc/stats.cpp`` can read ``t`` (contiguous float32 on the CPU) and is built."""
     return (
         t.dtype == torch.float32
@@ -195,7 +195,7 @@ def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> 
     readable = [
         i
         for i, (a, b) in enumerate(zip(after, before, strict=True))
-        if _native_reads(a) and _native_reads(b)
+        if native_reads(a) and native_reads(b)
     ]
     out: list[torch.Tensor | None] = [None] * len(after)
     kernels = native.load() if readable else None
@@ -230,17 +230,26 @@ class Moments:
 
     def sufficient(self, values: list[float]) -> bool:
         """Whether s and q give the moments: finite, and no catastrophic cancellation."""
-        s, q = values[self.at_sum], self._sq(values)
-        if not (math.isfinite(s) and math.isfinite(q)):
-            return False
-        mean = s / self.n
-        return q / self.n - mean * mean >= CANCELLATION * mean * mean
+        return sufficient(values[self.at_sum], self._sq(values), self.n)
 
     def host(self, values: list[float]) -> tuple[float, float, float]:
         """(mean, std, norm) from s and q."""
-        s, q = values[self.at_sum], self._sq(values)
-        mean = s / self.n
-        return mean, math.sqrt(max(q / self.n - mean * mean, 0.0)), math.sqrt(max(q, 0.0))
+        return from_sums(values[self.at_sum], self._sq(values), self.n)
+
+
+def sufficient(s: float, q: float, n: int) -> bool:
+    """Whether s = Σx and q = Σx² of n entries give the moments: both finite, and no
+    catastrophic cancellation (var ≥ ``CANCELLATION`` · mean²)."""
+    if not (math.isfinite(s) and math.isfinite(q)):
+        return False
+    mean = s / n
+    return q / n - mean * mean >= CANCELLATION * mean * mean
+
+
+def from_sums(s: float, q: float, n: int) -> tuple[float, float, float]:
+    """(mean, std, norm) of n entries from s = Σx and q = Σx²: s/n, sqrt(q/n − mean²), √q."""
+    mean = s / n
+    return mean, math.sqrt(max(q / n - mean * mean, 0.0)), math.sqrt(max(q, 0.0))
 
 
 def moments(t: torch.Tensor, batch: Batch, *, keep: bool = True) -> Moments | None:
