@@ -616,6 +616,30 @@ def test_hooks_added_later_run_on_the_plain_path() -> None:
     assert_same_state(m, ref)
 
 
+def test_a_global_hook_registered_between_fast_steps_is_seen() -> None:
+    """The fast step looks for hooks again only when some hook was registered since its last
+    look found none (torch's RemovableHandle ids): a global module hook added after fast steps
+    is seen on the next call, and once removed the step is fast again."""
+    batches = data(4)
+    m = model()
+    step = make_step(m, torch.optim.SGD(m.parameters(), lr=0.1))
+    assert step is not None
+    step(*batches[0])
+    step(*batches[1])
+    assert (step.fast_calls, step.plain_calls) == (2, 0)
+    seen: list[str] = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, args, out: seen.append(type(mod).__name__)
+    )
+    try:
+        step(*batches[2])
+    finally:
+        handle.remove()
+    assert step.last_fallback == "global module hooks are registered" and seen
+    step(*batches[3])
+    assert (step.fast_calls, step.plain_calls) == (3, 1)
+
+
 def test_optimizer_hooks_run_the_optimizers_own_step() -> None:
     """With step hooks on the optimizer, the update is optimizer.step() on the fast gradients
     (the path CUDA takes): hooks fire, and the result is the default Adam's, bit for bit."""

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module_hooks
 from torch.optim import optimizer as _optimizer_hooks
+from torch.utils.hooks import RemovableHandle
 
 from steadygrad import activations
 from steadygrad.nn import BatchNorm, Dense
@@ -752,6 +753,7 @@ class FastStep:
         self.fast_calls = 0
         self.plain_calls = 0
         self.last_fallback: str | None = None
+        self._hook_free: tuple[int, int] | None = None  # see _fallback_reason
 
     # -- public
 
@@ -952,8 +954,15 @@ class FastStep:
             return "a batch of one in train mode"
         if torch.is_autocast_enabled(x.device.type):
             return "autocast is enabled"
+        # Every hook registration (module, parameter, global) takes the next RemovableHandle
+        # id: while that counter and the owner are those of a look that found no hook, no hook
+        # was added since, and none is there now. Saves ~20 µs of a ~1.3 ms step.
+        stamp = (RemovableHandle.next_id, id(owner))
+        if stamp == self._hook_free:
+            return None
         found = _hooked(self._named_modules, self._named_params, owner)
         if found is None:
+            self._hook_free = stamp
             return None
         return {
             "global": "global module hooks are registered",

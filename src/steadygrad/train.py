@@ -488,18 +488,23 @@ def _fit(
     if monitor is not None and fast_step is not None:
         watcher, fast_only = monitor, fast_step
 
+        observer = watcher.fast_observer()
+
         def monitored_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            observer = watcher.fast_observer()
             # Where the update can give the parameters' sums (csrc/adam.cpp), the monitor takes
             # the weights' moments and the update's norm from it: no snapshot, no extra passes.
-            sums = observer.updated if fast_only.gives_stats() else None
             if watcher.records_next_step():  # the fast step shows the monitor what hooks would see
+                sums = observer.updated if fast_only.gives_stats() else None
                 out = fast_only.try_fast(
                     x, y, ignore_hooks_of=watcher, observer=observer, update_stats=sums
                 )
-            elif sums is not None and observer.wants_norms():
+            elif observer.wants_norms() and fast_only.gives_stats():
                 out = fast_only.try_fast(
-                    x, y, ignore_hooks_of=watcher, before=observer.pass_step, update_stats=sums
+                    x,
+                    y,
+                    ignore_hooks_of=watcher,
+                    before=observer.pass_step,
+                    update_stats=observer.updated,
                 )
             else:
                 out = fast_only.try_fast(x, y, ignore_hooks_of=watcher, before=watcher.pass_step)

@@ -29,7 +29,7 @@ import functools
 import math
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -194,7 +194,7 @@ class _Entry:
 class _State:
     """One recorded step in progress."""
 
-    def __init__(self, step: int, updates: dict[_Slot, torch.Tensor]) -> None:
+    def __init__(self, step: int, updates: dict[_Slot, torch.Tensor | float]) -> None:
         self.step = step
         self.batch = _stats.Batch()
         self.entries: dict[_Slot, _Entry] = {}
@@ -255,6 +255,8 @@ class _KeptPlan:
     key: weakref.ref[object]
     size: int
     layers: tuple[_KeptLayer, ...]
+    # (slot, weight shape) → _recommended_std, whose cache key costs more than the lookup
+    recommended: dict[tuple[_Slot, tuple[int, ...]], float | None] = field(default_factory=dict)
 
 
 class _FastObserver:
@@ -383,7 +385,8 @@ class Monitor:
         self._forward_seen = False
         self._snapshot: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
         self._snapshot_plan: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
-        self._pending_updates: dict[_Slot, torch.Tensor] = {}
+        # ‖ΔW‖² of the last update per layer: a device scalar, or a float from the update's sums
+        self._pending_updates: dict[_Slot, torch.Tensor | float] = {}
         self._unsealed: _Unsealed | None = None
         self._order: list[_Slot] = []
         self._handles: list[Any] = []
@@ -1166,18 +1169,14 @@ class Monitor:
                     entry.weight_grad = _stats.Moments(
                         n, batch.add(sums[k, 2]), batch.add(sums[k, 3]), weight.grad
                     )
-                    update = state.updates.get(entry.slot)
-                    if update is not None:
-                        entry.update = batch.add(update)
+                    entry.update = self._queue_update(state, entry.slot)
                     continue
                 tensors.append(weight)
                 targets.append((entry, "weight"))
                 if weight.grad is not None:
                     tensors.append(weight.grad)
                     targets.append((entry, "weight_grad"))
-                update = state.updates.get(entry.slot)
-                if update is not None:
-                    entry.update = batch.add(update)
+                entry.update = self._queue_update(state, entry.slot)
             for (entry, field), m in zip(targets, _stats.moments_many(tensors, batch), strict=True):
                 setattr(entry, field, m)
             loss_at = None
@@ -1216,6 +1215,17 @@ class Monitor:
         if self._learning is not None:
             self._kept_plan = self._learn(state, entries)
         self._emit(state, loss, layers, histograms)
+
+    @staticmethod
+    def _queue_update(state: _State, slot: _Slot) -> int | None:
+        """Queue the squared norm of ``slot``'s last update (a device scalar from the weight
+        copy, or a float from the update's own sums); its index, None if there is none."""
+        update = state.updates.get(slot)
+        if update is None:
+            return None
+        if isinstance(update, float):
+            update = torch.tensor(update, dtype=torch.float64)
+        return state.batch.add(update)
 
     def _emit(
         self,
@@ -1299,13 +1309,14 @@ class Monitor:
                 and (given is None or not self._finalize_kept(state, plan, tensors, given))
             ):
                 self._finalize_kept_slowly(state, plan, tensors, given)
-        if given is not None and self.records_next_step():
+        if stats is not None and self.records_next_step():
             self._snapshot = None  # the sums replace the copy (if one was taken)
+            norms = [row[4] for row in stats.tolist()]
+            at = {id(p): k for k, p in enumerate(params)}
             for slot in self._slots.values():
-                row = given.get(id(slot.weight()))
-                if row is not None:
-                    sums, k = row
-                    self._pending_updates[slot] = sums[k, 4]
+                k = at.get(id(slot.weight()), -1)
+                if k >= 0:
+                    self._pending_updates[slot] = norms[k]
 
     def _finalize_kept(
         self,
@@ -1343,7 +1354,8 @@ class Monitor:
                     requests.append(tensors[item.pre])
                     kinds.append(_stats.KIND_DEAD)
                     bounds += [item.dead_below, 0.0]
-        if not all(_stats.native_reads(t) and t.ndim == 2 for t in requests):
+        first = tensors[0]  # the kernel's tensors: all (batch, units) float32, on the CPU
+        if not (_stats.native_reads(first) and first.ndim == 2):
             return False
         values = kernels.reduce(requests, kinds, bounds).tolist()
         sums_of: dict[int, list[list[float]]] = {}
@@ -1396,7 +1408,11 @@ class Monitor:
             slot.activation = name
             recommended = None
             if item.status in ("module", "activation", "none"):
-                recommended = _recommended_std(item.activation, tuple(weight.shape))
+                shape = tuple(weight.shape)
+                recommended = plan.recommended.get((item.slot, shape), math.nan)
+                if recommended is not None and math.isnan(recommended):
+                    recommended = _recommended_std(item.activation, shape)
+                    plan.recommended[(item.slot, shape)] = recommended
             layers.append(
                 LayerStats(
                     name=slot.name,
