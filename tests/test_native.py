@@ -771,3 +771,84 @@ def test_update_ratios_from_the_updates_sums_equal_the_snapshots(tmp_path: Any) 
     for ra, rb in zip(summed.records[1:], copied.records[1:], strict=True):
         for la, lb in zip(ra.layers, rb.layers, strict=True):
             assert la.update_ratio == pytest.approx(lb.update_ratio, rel=1e-3), (ra.step, la.name)
+
+
+# --------------------------------------------------------------------------- the GEMM
+
+
+def _gemm_case(
+    trans_a: bool, trans_b: bool, m: int, n: int, k: int, beta: float, pad: int, seed: int
+) -> None:
+    """csrc/gemm.h's C = op(A) op(B) + βC against a float64 product, with leading dimensions
+    ``pad`` wider than the rows; β = 0 must not read C (filled with NaN), and the padding
+    columns of C stay untouched."""
+    g = torch.Generator().manual_seed(seed)
+
+    def matrix(rows: int, cols: int) -> torch.Tensor:
+        return torch.randn(rows, cols + pad, generator=g)[:, :cols]
+
+    a = matrix(k, m) if trans_a else matrix(m, k)
+    b = matrix(n, k) if trans_b else matrix(k, n)
+    base = torch.randn(m, n + pad, generator=g) if beta else torch.full((m, n + pad), math.nan)
+    c = base[:, :n]
+    before = base.clone()
+    expected = (a.t() if trans_a else a).double() @ (b.t() if trans_b else b).double()
+    if beta:
+        expected += before[:, :n].double()
+    assert native.load().sgemm(trans_a, trans_b, a, b, c, beta)
+    # float32 accumulation over k terms of size ≤ max|a|·max|b|
+    bound = 2e-6 * max(k, 1) * float(a.abs().max() * b.abs().max()) if m * n * k else 0.0
+    bound += 1e-6 * float(before[:, :n].abs().max()) if beta and m * n else 0.0
+    if m * n:
+        assert float((c.double() - expected).abs().max()) <= bound + 1e-30
+    torch.testing.assert_close(base[:, n:], before[:, n:], equal_nan=True, rtol=0, atol=0)
+
+
+def test_gemm_on_the_steps_shapes_and_edges() -> None:
+    """The eight products of a step (batches 1, 50, 216, 256: forward X·Wᵀ, weight gradient
+    δᵀ·X, input gradient δ·W) and edge sizes around the 6×16 micro-tile and the blocks."""
+    one = torch.ones(1, 1)
+    if not native.load().sgemm(False, False, one, one, torch.empty(1, 1), 0.0):
+        pytest.skip("csrc/gemm.h needs AVX2 and FMA")
+    seed = 0
+    for batch in (1, 50, 216, 256):
+        for d_in, d_out in ((784, 300), (300, 100), (100, 10)):
+            for case in (
+                (False, True, batch, d_out, d_in),  # forward
+                (True, False, d_out, d_in, batch),  # weight gradient
+                (False, False, batch, d_in, d_out),  # input gradient
+            ):
+                seed += 1
+                _gemm_case(*case, beta=0.0, pad=0, seed=seed)
+    sizes = [1, 5, 6, 7, 15, 16, 17, 97, 401]
+    for trans_a, trans_b in itertools.product((False, True), repeat=2):
+        for m, n, k in [(1, 1, 1), (7, 17, 5), (6, 16, 400), (97, 33, 401), (13, 130, 0)]:
+            for beta, pad in ((0.0, 0), (1.0, 3)):
+                seed += 1
+                _gemm_case(trans_a, trans_b, m, n, k, beta, pad, seed)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        m, n, k = (sizes[int(i)] for i in torch.randint(len(sizes), (3,), generator=g))
+        seed += 1
+        _gemm_case(bool(seed % 2), bool(seed % 3), m, n, k, float(seed % 2), seed % 4, seed)
+
+
+def test_one_thread_and_two_give_the_same_step() -> None:
+    """With one torch thread the native step's products are csrc/gemm.h's, with two ATen's
+    (MKL): the same loss, logits and gradients to float rounding."""
+    x, y = batches(1)[0]
+    results = {}
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            model, step, _, _ = pair(lambda: mlp("elu", "before"))
+            loss, logits = step(x, y)
+            results[threads] = (loss, logits, [p.grad.clone() for p in model.parameters()])
+        finally:
+            torch.set_num_threads(previous)
+    (l1, z1, g1), (l2, z2, g2) = results[1], results[2]
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z1, z2, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

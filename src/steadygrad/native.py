@@ -36,6 +36,7 @@ _reason: str | None = None
 _tried = False
 
 SOURCES = ("bindings.cpp", "chain.cpp", "stats.cpp", "adam.cpp")
+HEADERS = ("gemm.h",)  # included by the sources: hashed and copied with them
 # -fno-trapping-math (as torch itself is built): lets the activation's select vectorise.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 
@@ -61,7 +62,7 @@ def _name() -> str:
     import torch
 
     folder = resources.files("steadygrad").joinpath("csrc")
-    texts = [folder.joinpath(name).read_bytes() for name in SOURCES]
+    texts = [folder.joinpath(name).read_bytes() for name in (*SOURCES, *HEADERS)]
     key = hashlib.sha256(
         b"\0".join(
             [
@@ -108,14 +109,15 @@ def _sources(name: str) -> list[str]:
     target = os.path.join(_build_directory(name), "src")
     os.makedirs(target, exist_ok=True)
     paths = []
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         path = os.path.join(target, source)
         if not os.path.exists(path):
             partial = f"{path}.{os.getpid()}.partial"
             with open(partial, "wb") as f:
                 f.write(folder.joinpath(source).read_bytes())
             os.replace(partial, path)
-        paths.append(path)
+        if source in SOURCES:
+            paths.append(path)
     return paths
 
 

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "gemm.h"
+
 namespace {
 
 enum Op : int64_t { kLinear = 0, kBatchNorm = 1, kActivation = 2 };
@@ -312,6 +314,62 @@ struct Saved {
   at::Tensor mean, invstd;
 };
 
+// The step's matrix products: csrc/gemm.h on one thread (where the CPU has AVX2 and FMA), else
+// ATen's (MKL). Inputs are contiguous float32 (the chain's own tensors and checked parameters).
+bool own_gemm() {
+#ifdef STEADYGRAD_GEMM
+  return at::get_num_threads() == 1;
+#else
+  return false;
+#endif
+}
+
+// a Wᵀ (+ b): (batch, in) × (out, in)ᵀ → (batch, out)
+at::Tensor linear(const at::Tensor& a, const at::Tensor& W, const at::Tensor& b) {
+#ifdef STEADYGRAD_GEMM
+  if (own_gemm()) {
+    const int64_t m = a.size(0), k = a.size(1), n = W.size(0);
+    at::Tensor out = at::empty({m, n}, a.options());
+    float* c = out.data_ptr<float>();
+    if (b.defined()) {
+      const float* bp = b.data_ptr<float>();
+      for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * n, bp, sizeof(float) * n);
+    }
+    sg_gemm::sgemm(false, true, m, n, k, a.data_ptr<float>(), k, W.data_ptr<float>(), k,
+                   b.defined() ? 1.0f : 0.0f, c, n);
+    return out;
+  }
+#endif
+  return b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+}
+
+// ∂L/∂W = gᵀ a into Wg: (batch, out)ᵀ × (batch, in) → (out, in)
+void weight_grad(at::Tensor& Wg, const at::Tensor& g, const at::Tensor& a) {
+#ifdef STEADYGRAD_GEMM
+  if (own_gemm()) {
+    const int64_t m = g.size(1), k = g.size(0), n = a.size(1);
+    sg_gemm::sgemm(true, false, m, n, k, g.data_ptr<float>(), m, a.data_ptr<float>(), n, 0.0f,
+                   Wg.data_ptr<float>(), n);
+    return;
+  }
+#endif
+  at::mm_out(Wg, g.t(), a);
+}
+
+// ∂L/∂a = g W: (batch, out) × (out, in) → (batch, in)
+at::Tensor input_grad(const at::Tensor& g, const at::Tensor& W) {
+#ifdef STEADYGRAD_GEMM
+  if (own_gemm()) {
+    const int64_t m = g.size(0), k = g.size(1), n = W.size(1);
+    at::Tensor out = at::empty({m, n}, g.options());
+    sg_gemm::sgemm(false, false, m, n, k, g.data_ptr<float>(), k, W.data_ptr<float>(), n, 0.0f,
+                   out.data_ptr<float>(), n);
+    return out;
+  }
+#endif
+  return at::mm(g, W);
+}
+
 // What an observer is shown of each op (keep = true): its output, the pre-activation of a
 // BatchNorm fused with its activation, and ∂L/∂output of a Linear.
 struct Kept {
@@ -376,10 +434,10 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         const bool fold = b.defined() && !keep && op + 1 < count &&
                           ops[static_cast<size_t>(op + 1)] == kBatchNorm;
         if (fold) {
-          a = at::mm(a, W.t());
+          a = linear(a, W, at::Tensor());
           folded_bias = b;
         } else {
-          a = b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+          a = linear(a, W, b);
         }
         if (keep) kept[static_cast<size_t>(op)].out = a;
         break;
@@ -431,9 +489,9 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         const at::Tensor W = T(op, 0);
         at::Tensor Wg = T(op, 2), bg = T(op, 3);
         if (keep) kept[static_cast<size_t>(op)].grad_out = g;
-        at::mm_out(Wg, g.t(), s.input);  // ∂L/∂W = gᵀ a
+        weight_grad(Wg, g, s.input);  // ∂L/∂W = gᵀ a
         if (bg.defined()) at::sum_out(bg, g, {0});
-        g = need ? at::mm(g, W) : at::Tensor();
+        g = need ? input_grad(g, W) : at::Tensor();
         break;
       }
       case kBatchNorm: {
@@ -475,4 +533,23 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
     out.push_back(k.grad_out);
   }
   return out;
+}
+
+// sgemm(trans_a, trans_b, A, B, C, beta): C = op(A) op(B) + beta C through csrc/gemm.h, for the
+// tests (rows contiguous; leading dimensions from the strides). False where it is not compiled.
+bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B,
+                     at::Tensor& C, double beta) {
+#ifdef STEADYGRAD_GEMM
+  TORCH_CHECK(A.scalar_type() == at::kFloat && B.scalar_type() == at::kFloat &&
+                  C.scalar_type() == at::kFloat && A.stride(1) == 1 && B.stride(1) == 1 &&
+                  C.stride(1) == 1,
+              "sgemm: float32 matrices with contiguous rows");
+  const int64_t m = C.size(0), n = C.size(1), k = trans_a ? A.size(0) : A.size(1);
+  sg_gemm::sgemm(trans_a, trans_b, m, n, k, A.data_ptr<float>(), A.stride(0),
+                 B.data_ptr<float>(), B.stride(0), static_cast<float>(beta), C.data_ptr<float>(),
+                 C.stride(0));
+  return true;
+#else
+  return false;
+#endif
 }
