@@ -451,7 +451,8 @@ class _NativeChain:
         ``p.grad``, or None where the kernel does not apply. ``correct``: how many rows' argmax
         is the label (0-d int64). With ``keep``: ``outputs`` maps each layer to its output,
         ``gradients`` each Linear to ∂L/∂(its output); otherwise both are empty. (The kernel
-        itself declines inputs and tensors it cannot take: not float32, not on the CPU.)"""
+        itself declines inputs and tensors it cannot take — not float32, not on the CPU — and
+        labels out of range, before changing anything: the Python step raises torch's error.)"""
         for bn in self.batch_norms:
             if not (bn.module.training or bn.always_batch_stats):
                 return None

@@ -416,6 +416,19 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
     return {};
   }
   const at::Tensor y = labels.contiguous();
+  // Labels out of range: decline before anything changes; the caller's Python step raises
+  // torch's own error. (Not a C++ exception: thrown across the extension boundary, one raised
+  // after the forward crashed the process under a GPU machine's torch 2.11.)
+  int64_t classes = x.size(1);
+  for (int64_t op = 0; op < count; ++op) {
+    if (ops[static_cast<size_t>(op)] == kLinear) classes = T(op, 0).size(0);
+  }
+  {
+    const int64_t* yp = y.data_ptr<int64_t>();
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      if (yp[i] < 0 || yp[i] >= classes) return {};
+    }
+  }
   at::NoGradGuard no_grad;
   std::vector<Saved> saved(static_cast<size_t>(count));
   std::vector<Kept> kept(keep ? static_cast<size_t>(count) : 0);

@@ -1261,8 +1261,9 @@ class Monitor:
         kept tensor feeds which statistic, and that is the same on every step of one layout:
         the first recorded step is replayed and, if it was plain (no note, no histogram, every
         layer called once, every statistic from a kept tensor), teaches this plan; later steps
-        queue the same statistics from the same positions and go through :meth:`_finalize`
-        like a replayed step. Returns False when the step must be replayed.
+        wait for the update's sums (:meth:`_updated`) and are recorded by
+        :meth:`_finalize_kept` from the same positions. Returns False when the step must be
+        replayed.
         """
         if self._closed or self._broken or self._paused or self._model is None:
             return False
