@@ -1400,11 +1400,7 @@ class Monitor:
                     at += 1
             pre_m, act_m, grad_m = moments
             update = state.updates.get(slot)
-            update_ratio = None
-            if update is not None:
-                change = math.sqrt(max(float(update), 0.0))
-                if weight_norm > 0 and math.isfinite(weight_norm) and math.isfinite(change):
-                    update_ratio = change / weight_norm
+            update_ratio = None if update is None else _update_ratio(float(update), weight_norm)
             name = item.activation.name if item.activation is not None else None
             slot.activation = name
             recommended = None
@@ -1573,9 +1569,7 @@ class Monitor:
             dead = values[entry.dead] / entry.dead_units
         update_ratio = None
         if entry.update is not None and weight_norm is not None:
-            change = math.sqrt(max(values[entry.update], 0.0))  # ‖W − W_before‖₂
-            if weight_norm > 0 and math.isfinite(weight_norm) and math.isfinite(change):
-                update_ratio = change / weight_norm
+            update_ratio = _update_ratio(values[entry.update], weight_norm)
         slot = entry.slot
         name = entry.activation.name if entry.activation is not None else None
         slot.activation = name
@@ -1634,6 +1628,14 @@ class Monitor:
                 self._note("write", f"stopped writing {self.path}: {error}")
         if self._tensorboard is not None:
             _output.write_tensorboard(self._tensorboard, unsealed.record, unsealed.histograms)
+
+
+def _update_ratio(squared_change: float, weight_norm: float) -> float | None:
+    """‖W − W_before‖₂ / ‖W‖₂ from ‖W − W_before‖₂² (None where it is not a finite number)."""
+    change = math.sqrt(max(squared_change, 0.0))
+    if weight_norm > 0 and math.isfinite(weight_norm) and math.isfinite(change):
+        return change / weight_norm
+    return None
 
 
 _REGIONS: dict[tuple[type, str], tuple[float, float]] = {}
