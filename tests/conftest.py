@@ -38,9 +38,11 @@ from steadygrad import native
 # Two cores: with pytest-xdist's 2 workers (or anything else running), torch's default of 2
 # intra-op threads per process oversubscribes the CPU, and OpenMP spin-waiting then makes small
 # matmuls 20× slower. One thread per test process (and per subprocess the tests start) keeps the
-# suite fast and stable.
-torch.set_num_threads(1)
-os.environ["OMP_NUM_THREADS"] = "1"
+# suite fast and stable. STEADYGRAD_TEST_THREADS=N runs the suite on N threads instead (to check
+# the native kernels' parallel loops on a machine with the cores for it).
+_THREADS = os.environ.get("STEADYGRAD_TEST_THREADS", "1")
+torch.set_num_threads(int(_THREADS))
+os.environ["OMP_NUM_THREADS"] = _THREADS
 
 # The native kernels' build folder, fixed before any test points $XDG_CACHE_HOME at a temporary
 # folder (isolated_data_env): otherwise every such test, and every CLI process it starts, would

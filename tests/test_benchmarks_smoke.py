@@ -394,3 +394,37 @@ def test_monitor_profile_runs_each_configuration_and_restores_the_statistics() -
     )
     assert "| hooks only | 2.950 | 450 |" in text  # medians: 2.95 ms; (500 + 400) / 2 µs
     assert "| full | 4.500 | 2000 |" in text
+
+
+def test_gemm_benchmark_times_both_sides_of_the_same_products(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """benchmarks.gemm: gemm.h's and MKL's step give the same products (compared here), and the
+    table has one row per thread count and batch size with a positive ratio."""
+    from benchmarks import gemm
+
+    from steadygrad import native
+
+    if native.load() is None:
+        pytest.skip("native kernels unavailable")
+    one = torch.ones(1, 1)
+    if not native.load().sgemm(False, False, one, one, torch.empty(1, 1), 0.0):
+        pytest.skip("csrc/gemm.h needs AVX2 and FMA")
+    own, mkl, outputs = gemm.step_products(7, seed=1)
+    own()
+    ours = [t.clone() for t in outputs]
+    mkl()
+    assert len(outputs) == 8
+    for a, b in zip(ours, outputs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# r\n")
+    args = ["--threads", "1", "--batch-sizes", "5,9", "--blocks", "2", "--results", str(results)]
+    assert gemm.main(args) == 0
+    text = results.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 2 and "GEMM: csrc/gemm.h against MKL" in text
+    assert all(float(row.rstrip(" |").rsplit("|", 1)[1]) > 0 for row in rows)
+    with pytest.raises(SystemExit):
+        gemm.main(["--threads", "0"])
+    assert "must be >= 1" in capsys.readouterr().err

@@ -838,6 +838,16 @@ def test_gemm_on_the_steps_shapes_and_edges() -> None:
         m, n, k = (sizes[int(i)] for i in torch.randint(len(sizes), (3,), generator=g))
         seed += 1
         _gemm_case(bool(seed % 2), bool(seed % 3), m, n, k, float(seed % 2), seed % 4, seed)
+    # on several threads the columns are split into runs of 16-wide panels, one per thread
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for trans_a, trans_b in itertools.product((False, True), repeat=2):
+            for m, n, k in [(50, 300, 784), (97, 130, 401), (256, 33, 300), (300, 17, 256)]:
+                seed += 1
+                _gemm_case(trans_a, trans_b, m, n, k, float(seed % 2), seed % 3, seed)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_one_thread_and_two_give_the_same_step() -> None:

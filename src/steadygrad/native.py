@@ -38,7 +38,11 @@ _tried = False
 SOURCES = ("bindings.cpp", "chain.cpp", "stats.cpp", "adam.cpp")
 HEADERS = ("gemm.h",)  # included by the sources: hashed and copied with them
 # -fno-trapping-math (as torch itself is built): lets the activation's select vectorise.
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
+# -fopenmp: at::parallel_for is a template compiled into the extension, and with torch's OpenMP
+# backend it is an `omp parallel` pragma: without the flag every "parallel" loop ran on one thread.
+# The extension then uses the libgomp torch has already loaded (same soname).
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 
 
 def _cpu_signature() -> str:
@@ -143,6 +147,7 @@ def build(verbose: bool = False) -> ModuleType:
             sources=_sources(name),
             build_directory=_build_directory(name),
             extra_cflags=FLAGS,
+            extra_ldflags=LDFLAGS,
             verbose=verbose,
         )
         return module

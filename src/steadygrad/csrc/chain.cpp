@@ -314,15 +314,42 @@ struct Saved {
   at::Tensor mean, invstd;
 };
 
-// The step's matrix products: csrc/gemm.h on one thread (where the CPU has AVX2 and FMA), else
-// ATen's (MKL). Inputs are contiguous float32 (the chain's own tensors and checked parameters).
+// The step's matrix products: csrc/gemm.h where the CPU has AVX2 and FMA and torch uses at most
+// kOwnGemmThreads threads, else ATen's (MKL). Inputs are contiguous float32 (the chain's own
+// tensors and checked parameters).
+constexpr int kOwnGemmThreads = 2;
+
 bool own_gemm() {
 #ifdef STEADYGRAD_GEMM
-  return at::get_num_threads() == 1;
+  return at::get_num_threads() <= kOwnGemmThreads;
 #else
   return false;
 #endif
 }
+
+#ifdef STEADYGRAD_GEMM
+// sg_gemm::sgemm over torch's threads: C's columns in near-equal runs of 16-wide panels, one run
+// per thread (each packs what it reads into its own thread_local buffers). Small products and
+// calls from inside a parallel region run on the calling thread.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const int64_t panels = (n + 15) / 16;
+  const int64_t chunks = std::min<int64_t>(at::get_num_threads(), panels);
+  if (chunks < 2 || at::in_parallel_region() || 2.0 * m * n * k < 2e6) {
+    sg_gemm::sgemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t j0 = panels * c / chunks * 16;
+      const int64_t j1 = std::min(n, panels * (c + 1) / chunks * 16);
+      if (j1 <= j0) continue;
+      sg_gemm::sgemm(trans_a, trans_b, m, j1 - j0, k, A, lda, trans_b ? B + j0 * ldb : B + j0,
+                     ldb, beta, C + j0, ldc);
+    }
+  });
+}
+#endif
 
 // a Wᵀ (+ b): (batch, in) × (out, in)ᵀ → (batch, out)
 at::Tensor linear(const at::Tensor& a, const at::Tensor& W, const at::Tensor& b) {
@@ -335,7 +362,7 @@ at::Tensor linear(const at::Tensor& a, const at::Tensor& W, const at::Tensor& b)
       const float* bp = b.data_ptr<float>();
       for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * n, bp, sizeof(float) * n);
     }
-    sg_gemm::sgemm(false, true, m, n, k, a.data_ptr<float>(), k, W.data_ptr<float>(), k,
+    gemm(false, true, m, n, k, a.data_ptr<float>(), k, W.data_ptr<float>(), k,
                    b.defined() ? 1.0f : 0.0f, c, n);
     return out;
   }
@@ -348,7 +375,7 @@ void weight_grad(at::Tensor& Wg, const at::Tensor& g, const at::Tensor& a) {
 #ifdef STEADYGRAD_GEMM
   if (own_gemm()) {
     const int64_t m = g.size(1), k = g.size(0), n = a.size(1);
-    sg_gemm::sgemm(true, false, m, n, k, g.data_ptr<float>(), m, a.data_ptr<float>(), n, 0.0f,
+    gemm(true, false, m, n, k, g.data_ptr<float>(), m, a.data_ptr<float>(), n, 0.0f,
                    Wg.data_ptr<float>(), n);
     return;
   }
@@ -362,7 +389,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& W) {
   if (own_gemm()) {
     const int64_t m = g.size(0), k = g.size(1), n = W.size(1);
     at::Tensor out = at::empty({m, n}, g.options());
-    sg_gemm::sgemm(false, false, m, n, k, g.data_ptr<float>(), k, W.data_ptr<float>(), n, 0.0f,
+    gemm(false, false, m, n, k, g.data_ptr<float>(), k, W.data_ptr<float>(), n, 0.0f,
                    out.data_ptr<float>(), n);
     return out;
   }
@@ -548,8 +575,9 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
   return out;
 }
 
-// sgemm(trans_a, trans_b, A, B, C, beta): C = op(A) op(B) + beta C through csrc/gemm.h, for the
-// tests (rows contiguous; leading dimensions from the strides). False where it is not compiled.
+// sgemm(trans_a, trans_b, A, B, C, beta): C = op(A) op(B) + beta C through csrc/gemm.h on torch's
+// threads, as the step calls it, for tests and benchmarks (rows contiguous; leading dimensions
+// from the strides). False where it is not compiled.
 bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B,
                      at::Tensor& C, double beta) {
 #ifdef STEADYGRAD_GEMM
@@ -558,7 +586,7 @@ bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::
                   C.stride(1) == 1,
               "sgemm: float32 matrices with contiguous rows");
   const int64_t m = C.size(0), n = C.size(1), k = trans_a ? A.size(0) : A.size(1);
-  sg_gemm::sgemm(trans_a, trans_b, m, n, k, A.data_ptr<float>(), A.stride(0),
+  gemm(trans_a, trans_b, m, n, k, A.data_ptr<float>(), A.stride(0),
                  B.data_ptr<float>(), B.stride(0), static_cast<float>(beta), C.data_ptr<float>(),
                  C.stride(0));
   return true;
