@@ -314,9 +314,10 @@ struct Saved {
   at::Tensor mean, invstd;
 };
 
-// The step's matrix products: csrc/gemm.h where the CPU has AVX2 and FMA and torch uses at most
-// kOwnGemmThreads threads, else ATen's (MKL). Inputs are contiguous float32 (the chain's own
-// tensors and checked parameters).
+// The step's matrix products: csrc/gemm.h where it is compiled (AVX2 and FMA, no AVX-512) and
+// torch uses at most kOwnGemmThreads threads (measured faster than MKL at 1 and 2 threads on an
+// AMD EPYC; more were not measured on such a CPU), else ATen's (MKL). Inputs are contiguous
+// float32 (the chain's own tensors and checked parameters).
 constexpr int kOwnGemmThreads = 2;
 
 bool own_gemm() {
