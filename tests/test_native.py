@@ -511,8 +511,23 @@ def test_a_build_is_announced_and_a_cached_one_is_not(
 
 
 def test_the_real_build_is_cached() -> None:
+    """Loading again compiles nothing, also twice in one process: torch appends its libraries to
+    the ldflags list it is given, and when that was the module's own list the second load looked
+    like a new configuration to torch's versioner (a "_v1" build, then a full recompile in every
+    process after it, ~50 s each)."""
+    import os
+
     assert native.is_built()
+    name = native._name()
+    folder = os.path.join(native.build_root(), name)
+    library = os.path.join(folder, f"{name}.so")
+    stamp, files = os.stat(library).st_mtime_ns, set(os.listdir(folder))
+    flags, ldflags = list(native.FLAGS), list(native.LDFLAGS)
     assert native.build() is not None  # from the cache: no compiler run
+    assert native.build() is not None
+    assert flags == native.FLAGS and ldflags == native.LDFLAGS  # not grown by torch
+    assert os.stat(library).st_mtime_ns == stamp
+    assert set(os.listdir(folder)) == files
 
 
 def test_builds_compile_copies_that_nothing_rewrites(

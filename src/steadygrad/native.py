@@ -71,7 +71,7 @@ def _name() -> str:
         b"\0".join(
             [
                 *texts,
-                " ".join(FLAGS).encode(),
+                " ".join(FLAGS + LDFLAGS).encode(),
                 torch.__version__.encode(),
                 # the installation too: its headers are on the compile line, and ninja rebuilds
                 # when that line changes, so two environments sharing one folder would take
@@ -146,8 +146,11 @@ def build(verbose: bool = False) -> ModuleType:
             name=name,
             sources=_sources(name),
             build_directory=_build_directory(name),
-            extra_cflags=FLAGS,
-            extra_ldflags=LDFLAGS,
+            # copies: torch appends its libraries to extra_ldflags in place, and a second load()
+            # in the process with the grown list looked like new arguments to torch's versioner
+            # (a "_v1" build, and a full recompile in every process after it)
+            extra_cflags=list(FLAGS),
+            extra_ldflags=list(LDFLAGS),
             verbose=verbose,
         )
         return module
