@@ -884,3 +884,46 @@ def test_one_thread_and_two_give_the_same_step() -> None:
     torch.testing.assert_close(z1, z2, rtol=1e-4, atol=1e-5)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_a_second_fit_relearns_the_plan_and_histograms_keep_the_replay(tmp_path: Any) -> None:
+    """The plan belongs to one fast step's layout: a second fit with the same monitor (a new
+    fast step, as a resumed run has) replays its first recorded step again and records the rest
+    from kept tensors; a monitor that records histograms replays every step (the plan does not
+    carry them). Records equal those of replaying every step in both cases."""
+    from steadygrad import monitor
+    from steadygrad.monitor import _watch
+
+    learned: list[bool] = []
+    learn = _watch.Monitor._learn
+
+    def counting(self: Any, *args: Any) -> Any:
+        plan = learn(self, *args)
+        learned.append(plan is not None)
+        return plan
+
+    def two_fits(folder: Any, histograms: bool, replay: bool) -> Any:
+        model = mlp("elu", "before")
+        config = TrainConfig(
+            epochs=1, batch_size=16, progress=False, out=None, optimizer="adam", device="cpu"
+        )
+        with (
+            pytest.MonkeyPatch.context() as mp,
+            monitor.watch(model, every=2, out=folder, histograms=histograms) as mon,
+        ):
+            mp.setattr(_watch.Monitor, "_learn", counting)
+            if replay:
+                mp.setattr(_watch._FastObserver, "kept", lambda self, key, tensors: False)
+            fit(model, _toy_data(), config, monitor=mon)
+            fit(model, _toy_data(), config, monitor=mon)
+        return mon
+
+    kept = two_fits(tmp_path / "kept", histograms=False, replay=False)
+    assert learned == [True, True]  # one replayed step per fit, each teaching a plan
+    replayed = two_fits(tmp_path / "replayed", histograms=False, replay=True)
+    _same_records(kept, replayed)
+    assert len(kept.records) == 10
+    learned.clear()
+    with_histograms = two_fits(tmp_path / "histograms", histograms=True, replay=False)
+    assert learned == [False] * 10  # every recorded step replayed; none teaches a plan
+    assert all(r.histograms for r in with_histograms.records)
