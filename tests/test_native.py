@@ -597,7 +597,7 @@ def test_sources_are_cpp17() -> None:
 def test_adam_step_is_torchs_fused_adam_and_sums_what_it_read(
     beta1: float, weight_decay: float, decoupled: bool
 ) -> None:
-    """``csrc/adam.cpp`` against ``torch._fused_adam_``/``_fused_adamw_`` over 30 steps (sizes
+    """``csrc/update.cpp`` against ``torch._fused_adam_``/``_fused_adamw_`` over 30 steps (sizes
     off the 8-lane vectors and the 512-entry blocks), and its sums against float64 formulas:
     Σθ, Σθ², Σg, Σg² of the tensors before the update and Σ(θ_new − θ_old)²."""
     kernels = native.load()
@@ -631,6 +631,54 @@ def test_adam_step_is_torchs_fused_adam_and_sums_what_it_read(
                 assert sums[k, j].item() == pytest.approx(t.sum().item(), abs=1e-6 * scale), (k, j)
     for got, want in zip(params + m + v, ref + m_ref + v_ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+    [
+        (0.0, 0.0, 0.0, False, False),
+        (0.9, 0.0, 0.0, False, False),
+        (0.9, 0.0, 0.01, True, False),
+        (0.8, 0.1, 0.01, False, True),
+        (0.0, 0.0, 0.01, False, True),
+    ],
+)
+def test_sgd_step_is_torchs_sgd_and_sums_what_it_read(
+    momentum: float, dampening: float, weight_decay: float, nesterov: bool, maximize: bool
+) -> None:
+    """``csrc/update.cpp``'s SGD against ``torch.optim.SGD`` (per-tensor, the reference
+    implementation) over 30 steps, the first momentum step included, and its sums against
+    float64 formulas."""
+    kernels = native.load()
+    g = torch.Generator().manual_seed(6)
+    shapes = [(300, 784), (513,), (7,), (1,)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    ref = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = torch.optim.SGD(
+        ref, lr=0.05, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+        nesterov=nesterov, maximize=maximize, foreach=False,
+    )  # fmt: skip
+    buffers = [torch.empty_like(p) for p in params] if momentum else []
+    for step in range(30):
+        grads = [torch.randn(s, generator=g) * 0.1 for s in shapes]
+        before = [p.double() for p in params]
+        sums = kernels.sgd_step(
+            params, grads, buffers, lr=0.05, momentum=momentum, dampening=dampening,
+            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, first=step == 0,
+            stats=True,
+        )  # fmt: skip
+        for p, gr in zip(ref, grads, strict=True):
+            p.grad = gr.clone()
+        opt.step()
+        for k, (b, gr, p) in enumerate(zip(before, grads, params, strict=True)):
+            terms = [b, b * b, gr.double(), gr.double() ** 2, (p.double() - b) ** 2]
+            for j, t in enumerate(terms):
+                scale = t.abs().sum().item()
+                assert sums[k, j].item() == pytest.approx(t.sum().item(), abs=1e-6 * scale), (k, j)
+    for got, want in zip(params, ref, strict=True):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    for got, p in zip(buffers, ref if momentum else [], strict=True):
+        torch.testing.assert_close(got, opt.state[p]["momentum_buffer"], rtol=1e-5, atol=1e-6)
 
 
 def test_adam_step_without_sums_returns_nothing_and_rejects_other_tensors() -> None:
@@ -667,10 +715,14 @@ def _toy_data() -> Any:
 
 
 def _monitored_fit(
-    build: Any, every: int, folder: Any, patches: dict[tuple[Any, str], Any] | None = None
+    build: Any,
+    every: int,
+    folder: Any,
+    patches: dict[tuple[Any, str], Any] | None = None,
+    optimizer: str = "adam",
 ) -> Any:
-    """The monitor of fit(monitor=watch(every)) with Adam, ``patches`` ((owner, name) → value)
-    applied."""
+    """The monitor of fit(monitor=watch(every)) with ``optimizer``, ``patches`` ((owner, name)
+    → value) applied."""
     from steadygrad import monitor
 
     model = build()
@@ -681,7 +733,13 @@ def _monitored_fit(
             model,
             _toy_data(),
             TrainConfig(
-                epochs=2, batch_size=16, progress=False, out=None, optimizer="adam", device="cpu"
+                epochs=2,
+                batch_size=16,
+                progress=False,
+                out=None,
+                optimizer=optimizer,
+                lr=1e-3 if optimizer == "adam" else 0.05,
+                device="cpu",
             ),
             monitor=mon,
         )
@@ -706,9 +764,14 @@ KEPT_MODELS = {
 }
 
 
-@pytest.mark.parametrize("every", [1, 3])
-@pytest.mark.parametrize("name", list(KEPT_MODELS))
-def test_kept_records_equal_replayed_records(name: str, every: int, tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("name", "every", "optimizer"),
+    [(name, every, "adam") for name in KEPT_MODELS for every in (1, 3)]
+    + [("elu, BatchNorm before", 2, opt) for opt in ("sgd", "momentum", "nesterov")],
+)
+def test_kept_records_equal_replayed_records(
+    name: str, every: int, optimizer: str, tmp_path: Any
+) -> None:
     """After one replayed step, fit's recorded native steps are recorded from the kernel's kept
     tensors and the update's sums, without a replay: the records equal those of replaying every
     step (the same statistics of the same tensors, reduced in the same kernel)."""
@@ -724,13 +787,18 @@ def test_kept_records_equal_replayed_records(name: str, every: int, tmp_path: An
         return done
 
     kept = _monitored_fit(
-        build, every, tmp_path / "kept", {(_watch.Monitor, "_finalize_kept"): counting}
+        build,
+        every,
+        tmp_path / "kept",
+        {(_watch.Monitor, "_finalize_kept"): counting},
+        optimizer=optimizer,
     )
     replayed = _monitored_fit(
         build,
         every,
         tmp_path / "replayed",
         {(_watch._FastObserver, "kept"): lambda self, key, tensors: False},
+        optimizer=optimizer,
     )
     recorded = len(kept.records)
     assert recorded == len(range(0, 20, every))

@@ -999,18 +999,19 @@ class FastStep:
         self._grads = linked
 
     def gives_stats(self) -> bool:
-        """Whether the next update can give the parameters' sums (``csrc/adam.cpp``: Adam or
-        AdamW, without amsgrad or maximize, float32 on the CPU, native kernels built)."""
+        """Whether the next update can give the parameters' sums (``csrc/update.cpp``: SGD in
+        all its variants, or Adam/AdamW without amsgrad or maximize; float32 on the CPU, native
+        kernels built)."""
         if self._kernels is None or self._dtype != torch.float32:
             return False
         opt = self.optimizer
         group = opt.param_groups[0]
-        return (
-            isinstance(opt, torch.optim.Adam)
-            and not group["amsgrad"]
-            and not group["maximize"]
-            and self._fused_ok(group)
-        )
+        if isinstance(opt, torch.optim.Adam):
+            if group["amsgrad"] or group["maximize"]:
+                return False
+        elif not isinstance(opt, torch.optim.SGD):
+            return False
+        return self._fused_ok(group)
 
     def _update(
         self, update_stats: Callable[[list[Tensor], Tensor | None], None] | None = None
@@ -1023,10 +1024,29 @@ class FastStep:
                 update_stats(self._params, stats)
 
     def _apply_update(self, want_stats: bool) -> Tensor | None:
-        """The optimizer step; with ``want_stats`` and :meth:`gives_stats`, by ``csrc/adam.cpp``
+        """The optimizer step; with ``want_stats`` and :meth:`gives_stats`, by ``csrc/update.cpp``
         with the parameters' sums, which it returns (else None)."""
         opt = self.optimizer
         group = opt.param_groups[0]
+        if want_stats and self.gives_stats() and isinstance(opt, torch.optim.SGD):
+            momentum = float(group["momentum"])
+            buffers = self._state_lists[0] if momentum else []
+            sums: Tensor = self._kernels.sgd_step(
+                self._params,
+                self._grads,
+                buffers,
+                lr=float(group["lr"]),
+                momentum=momentum,
+                dampening=float(group["dampening"]),
+                weight_decay=float(group["weight_decay"]),
+                nesterov=bool(group["nesterov"]),
+                maximize=bool(group["maximize"]),
+                first=self._first_momentum_step,
+                stats=True,
+            )
+            self._after_first_momentum_step()
+            opt._opt_called = True  # type: ignore[attr-defined]
+            return sums
         if want_stats and self.gives_stats():
             exp_avgs, exp_avg_sqs, _, _ = self._state_lists
             self._flat_steps.add_(1)
@@ -1096,14 +1116,20 @@ class FastStep:
                     maximize=maximize,
                     is_first_step=self._first_momentum_step,
                 )
-                if self._first_momentum_step:
-                    self._first_momentum_step = False
-                    for p, buf in zip(self._params, buffers, strict=True):
-                        opt.state[p]["momentum_buffer"] = buf
+                self._after_first_momentum_step()
         # What torch's LR schedulers' wrapper of optimizer.step() records, so that they do not
         # warn that scheduler.step() came first.
         opt._opt_called = True  # type: ignore[attr-defined]
         return None
+
+    def _after_first_momentum_step(self) -> None:
+        """After torch's first momentum step (buffers ← gradients), hand the buffers to the
+        optimizer's state, where torch keeps them."""
+        if self._first_momentum_step:
+            self._first_momentum_step = False
+            (buffers,) = self._state_lists
+            for p, buf in zip(self._params, buffers, strict=True):
+                self.optimizer.state[p]["momentum_buffer"] = buf
 
     def _fused_ok(self, group: dict[str, Any]) -> bool:
         """Whether the fused CPU kernels apply now; otherwise ``optimizer.step()`` runs."""

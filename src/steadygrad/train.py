@@ -491,7 +491,7 @@ def _fit(
         observer = watcher.fast_observer()
 
         def monitored_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # Where the update can give the parameters' sums (csrc/adam.cpp), the monitor takes
+            # Where the update can give the parameters' sums (csrc/update.cpp), the monitor takes
             # the weights' moments and the update's norm from it: no snapshot, no extra passes.
             if watcher.records_next_step():  # the fast step shows the monitor what hooks would see
                 sums = observer.updated if fast_only.gives_stats() else None

@@ -12,6 +12,10 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
 at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
                   const std::vector<double>& params);
 at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b);
+at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                    const std::vector<at::Tensor>& buffers, double lr, double momentum,
+                    double dampening, double weight_decay, bool nesterov, bool maximize,
+                    bool first, bool stats);
 bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B,
                      at::Tensor& C, double beta);
 at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
@@ -29,6 +33,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reduce", &reduce, "The monitor's reductions of one recorded step (csrc/stats.cpp)");
   m.def("squared_distances", &squared_distances,
         "Σ (a − b)² of each pair of tensors, float64 (csrc/stats.cpp)");
+  m.def("sgd_step", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("buffers"),
+        py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
+        py::arg("nesterov"), py::arg("maximize"), py::arg("first"), py::arg("stats"),
+        "SGD update (momentum, Nesterov, dampening, weight decay, maximize), with the "
+        "parameters' and the update's sums when asked (csrc/update.cpp)");
   m.def("sgemm", &sgemm_for_tests,
         "C = op(A) op(B) + beta C by csrc/gemm.h (False where not compiled), for tests");
   m.def("adam_step", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
@@ -36,5 +45,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
         py::arg("stats"),
         "Adam/AdamW update, with the parameters' and the update's sums when asked "
-        "(csrc/adam.cpp)");
+        "(csrc/update.cpp)");
 }

@@ -1,4 +1,5 @@
-// steadygrad native kernels: the Adam/AdamW update of the fast step, with the parameter
+// steadygrad native kernels: the optimizer updates of the fast step on monitored steps (Adam/AdamW
+// and SGD with momentum, Nesterov, dampening, weight decay, maximize), with the parameter
 // statistics a monitor records taken in the same pass.
 //
 // The update is torch's (torch.optim.Adam, Kingma & Ba 2015; AdamW, Loshchilov & Hutter 2019),
@@ -8,6 +9,9 @@
 //   m ← m + (1 − β₁)(g − m)          (torch's lerp; for 1 − β₁ ≥ 0.5 its other branch)
 //   v ← β₂v + (1 − β₂)g²
 //   θ ← θ − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+//
+// and SGD as torch.optim.SGD writes it: g ← ±g + λθ; with momentum μ, b ← g on the first step,
+// else b ← μb + (1 − dampening)g, then g ← g + μb (Nesterov) or g ← b; θ ← θ − ηg.
 //
 // Why by hand: a monitor's recorded step needs Σθ, Σθ², Σg, Σg² (the weights' and gradients'
 // moments, before the update) and Σ(θ_new − θ_old)² (the update's norm). torch computes them in
@@ -176,6 +180,116 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
       for (int64_t b = b0; b < b1; ++b) {
         update_block(pp, gp, mp, vp, b * kBlock, std::min(size, (b + 1) * kBlock), s,
                      stats ? partial.data() + b * kStats : nullptr);
+      }
+    });
+    if (stats) {
+      double* o = out.data_ptr<double>() + k * kStats;
+      for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t j = 0; j < kStats; ++j) o[j] += partial[b * kStats + j];
+    }
+  }
+  return out;
+}
+
+namespace {
+
+struct SgdScalars {
+  float lr, momentum, one_minus_dampening, weight_decay, sign;
+  bool nesterov, first, with_momentum;
+};
+
+template <typename V>
+inline V sgd_direction(V p, V g, V* b, const SgdScalars& s) {
+  g = g * s.sign + p * s.weight_decay;
+  if (!s.with_momentum) return g;
+  V buf = s.first ? g : *b * s.momentum + g * s.one_minus_dampening;
+  *b = buf;
+  return s.nesterov ? g + buf * s.momentum : buf;
+}
+
+void sgd_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ b,
+               int64_t begin, int64_t end, const SgdScalars& s, double* stats) {
+  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {};
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    const v8f old = load8(p + i), grad = load8(g + i);
+    v8f buf = b != nullptr ? load8(b + i) : v8f{};
+    const v8f d = sgd_direction(old, grad, &buf, s);
+    const v8f pv = old - s.lr * d;
+    store8(p + i, pv);
+    if (b != nullptr) store8(b + i, buf);
+    if (stats != nullptr) {
+      const v8f delta = pv - old;
+      a0 += old;
+      a1 += old * old;
+      a2 += grad;
+      a3 += grad * grad;
+      a4 += delta * delta;
+    }
+  }
+  float t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
+  for (; i < end; ++i) {
+    const float old = p[i], grad = g[i];
+    float buf = b != nullptr ? b[i] : 0.0f;
+    const float d = sgd_direction(old, grad, &buf, s);
+    const float pv = old - s.lr * d;
+    p[i] = pv;
+    if (b != nullptr) b[i] = buf;
+    const float delta = pv - old;
+    t0 += old;
+    t1 += old * old;
+    t2 += grad;
+    t3 += grad * grad;
+    t4 += delta * delta;
+  }
+  if (stats != nullptr) {
+    stats[0] = hsum(a0) + t0;
+    stats[1] = hsum(a1) + t1;
+    stats[2] = hsum(a2) + t2;
+    stats[3] = hsum(a3) + t3;
+    stats[4] = hsum(a4) + t4;
+  }
+}
+
+}  // namespace
+
+// One SGD step of every parameter (``buffers``: the momentum buffers, one per parameter, or none
+// when momentum is 0; ``first``: fill them with the gradient, torch's first momentum step). With
+// ``stats``: the (n, 5) float64 sums of adam_step, else an empty tensor.
+at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                    const std::vector<at::Tensor>& buffers, double lr, double momentum,
+                    double dampening, double weight_decay, bool nesterov, bool maximize,
+                    bool first, bool stats) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  const bool with_momentum = momentum != 0.0;
+  TORCH_CHECK(grads.size() == params.size() &&
+                  (with_momentum ? buffers.size() == params.size() : buffers.empty()),
+              "sgd_step: one gradient per parameter, and one buffer each with momentum");
+  at::Tensor out = stats ? at::zeros({n, kStats}, at::kDouble) : at::empty({0}, at::kDouble);
+  SgdScalars s;
+  s.lr = static_cast<float>(lr);
+  s.momentum = static_cast<float>(momentum);
+  s.one_minus_dampening = static_cast<float>(1.0 - dampening);
+  s.weight_decay = static_cast<float>(weight_decay);
+  s.sign = maximize ? -1.0f : 1.0f;
+  s.nesterov = nesterov;
+  s.first = first;
+  s.with_momentum = with_momentum;
+  for (int64_t k = 0; k < n; ++k) {
+    const at::Tensor& p = params[k];
+    check(p, p, "parameters");
+    check(grads[k], p, "gradients");
+    if (with_momentum) check(buffers[k], p, "momentum buffers");
+    const int64_t size = p.numel();
+    const int64_t blocks = (size + kBlock - 1) / kBlock;
+    std::vector<double> partial(stats ? blocks * kStats : 0);
+    float* pp = p.data_ptr<float>();
+    const float* gp = grads[k].data_ptr<float>();
+    float* bp = with_momentum ? buffers[k].data_ptr<float>() : nullptr;
+    at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        sgd_block(pp, gp, bp, b * kBlock, std::min(size, (b + 1) * kBlock), s,
+                  stats ? partial.data() + b * kStats : nullptr);
       }
     });
     if (stats) {
