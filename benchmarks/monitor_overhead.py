@@ -8,10 +8,12 @@ run, in two training loops:
 
 - **torch loop**: a hand-written PyTorch loop (forward, ``cross_entropy``, ``backward``, plain
   SGD lr 0.01, the seed's optimizer) — what a user's own loop pays;
-- **steadygrad fit**: ``steadygrad.fit`` (Adam lr 1e-3, its fast step), given the monitor with
-  ``fit(..., monitor=mon)`` as ``steadygrad train --monitor`` does: the steps the monitor does not
-  record take the fast step, the recorded ones go through ``forward`` (its hooks see them). Time
-  is fit's ``train_seconds`` (evaluation excluded).
+- **steadygrad fit**: ``steadygrad.fit`` (Adam lr 1e-3, or ``--fit-optimizer`` momentum/SGD/Nesterov
+  at lr 0.01; its fast step), given the monitor with
+  ``fit(..., monitor=mon)`` as ``steadygrad train --monitor`` does: every step takes the native
+  fast step, and the recorded ones are shown to the monitor (from the kernel's kept tensors and
+  the update's sums, after one replayed step). Time is fit's ``train_seconds`` (evaluation
+  excluded).
 
 Each repeat times, per loop, three runs back to back in an order rotated from repeat to repeat:
 unmonitored, ``watch(every=10)`` and ``watch(every=1)``, both writing ``monitor.jsonl`` to a
@@ -98,12 +100,14 @@ def _subset(dataset: Dataset, images: int) -> Dataset:
     )
 
 
-def _fit_run(subset: Dataset, every: int | None, folder: Path) -> float:
-    """``train_seconds`` of one epoch of ``fit`` on ``subset``, monitored every ``every`` steps."""
+def _fit_run(subset: Dataset, every: int | None, folder: Path, optimizer: str = "adam") -> float:
+    """``train_seconds`` of one epoch of ``fit`` on ``subset``, monitored every ``every`` steps,
+    with ``optimizer`` (a ``TrainConfig.optimizer``: Adam 1e-3, else SGD 0.01)."""
     torch.manual_seed(0)
     model = models.preset("reference")
+    lr = 1e-3 if optimizer == "adam" else 0.01
     config = TrainConfig(
-        optimizer="adam", lr=1e-3, epochs=1, batch_size=BATCH, seed=0, progress=False
+        optimizer=optimizer, lr=lr, epochs=1, batch_size=BATCH, seed=0, progress=False
     )
     if every is None:
         history = fit(model, subset, config)
@@ -113,7 +117,9 @@ def _fit_run(subset: Dataset, every: int | None, folder: Path) -> float:
     return float(history[-1]["train_seconds"])
 
 
-def measure(steps: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+def measure(
+    steps: int, repeats: int, fit_optimizer: str = "adam"
+) -> dict[str, dict[str, list[float]]]:
     """Per-repeat seconds, per loop (keys of LOOPS) and configuration ("off", "every=10", …)."""
     dataset = data.load()
     torch.manual_seed(0)
@@ -130,7 +136,7 @@ def measure(steps: int, repeats: int) -> dict[str, dict[str, list[float]]]:
         folder = Path(tmp)
         for _, every in CONFIGS:  # warm-up: allocator, kernels, first-call paths
             _torch_loop(model, optimizer, batches[: max(20, steps // 10)], every, folder)
-            _fit_run(warm, every, folder)
+            _fit_run(warm, every, folder, fit_optimizer)
         for r in range(repeats):
             order = CONFIGS[r % 3 :] + CONFIGS[: r % 3]
             for name, every in order:
@@ -138,7 +144,9 @@ def measure(steps: int, repeats: int) -> dict[str, dict[str, list[float]]]:
                     _torch_loop(model, optimizer, batches, every, folder)
                 )
             for name, every in order:
-                times["steadygrad fit"][name].append(_fit_run(subset, every, folder))
+                times["steadygrad fit"][name].append(
+                    _fit_run(subset, every, folder, fit_optimizer)
+                )
     return times
 
 
@@ -201,11 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--fit-optimizer",
+        choices=("adam", "sgd", "momentum", "nesterov"),
+        default="adam",
+        help="fit's optimizer (default adam, as `steadygrad train`; the torch loop keeps SGD)",
+    )
     parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    times = measure(args.steps, args.repeats)
+    times = measure(args.steps, args.repeats, args.fit_optimizer)
     text, _ = table(times, args.steps)
     print(text)
     if not args.no_append:
