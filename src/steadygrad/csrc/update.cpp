@@ -52,6 +52,36 @@ inline v8f sqrt8(v8f v) {
   return v;
 }
 
+// Σθ, Σθ², Σg, Σg², Σ(Δθ)² of one block: 8 float32 lanes for the vector part, scalars for the
+// tail, added into float64 at the end (the block is 512 entries).
+struct BlockSums {
+  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {};
+  float t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
+  inline void add(v8f old, v8f grad, v8f now) {
+    const v8f d = now - old;
+    a0 += old;
+    a1 += old * old;
+    a2 += grad;
+    a3 += grad * grad;
+    a4 += d * d;
+  }
+  inline void add(float old, float grad, float now) {
+    const float d = now - old;
+    t0 += old;
+    t1 += old * old;
+    t2 += grad;
+    t3 += grad * grad;
+    t4 += d * d;
+  }
+  void write(double* stats) const {
+    stats[0] = hsum(a0) + t0;
+    stats[1] = hsum(a1) + t1;
+    stats[2] = hsum(a2) + t2;
+    stats[3] = hsum(a3) + t3;
+    stats[4] = hsum(a4) + t4;
+  }
+};
+
 struct Scalars {
   float step_size, bc2_sqrt, eps, lerp, beta2, one_minus_beta2, l2, decay;
   bool small_lerp;  // 1 − β₁ < 0.5: m + w(g − m); else g + (w − 1)(g − m), as torch's lerp
@@ -80,7 +110,7 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
                   float* __restrict__ v, int64_t begin, int64_t end, const Scalars& s,
                   double* stats) {
   const v8f step_size = splat(s.step_size), bc2 = splat(s.bc2_sqrt), eps = splat(s.eps);
-  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {};
+  BlockSums sums;
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const v8f old = load8(p + i), grad = load8(g + i);
@@ -91,16 +121,8 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     store8(m + i, mv);
     store8(v + i, vv);
     store8(p + i, pv);
-    if (stats != nullptr) {
-      const v8f d = pv - old;
-      a0 += old;
-      a1 += old * old;
-      a2 += grad;
-      a3 += grad * grad;
-      a4 += d * d;
-    }
+    if (stats != nullptr) sums.add(old, grad, pv);
   }
-  float t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
   for (; i < end; ++i) {
     const float old = p[i], grad = g[i];
     float pv = old, mv = m[i], vv = v[i];
@@ -110,20 +132,9 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     m[i] = mv;
     v[i] = vv;
     p[i] = pv;
-    const float d = pv - old;
-    t0 += old;
-    t1 += old * old;
-    t2 += grad;
-    t3 += grad * grad;
-    t4 += d * d;
+    sums.add(old, grad, pv);
   }
-  if (stats != nullptr) {
-    stats[0] = hsum(a0) + t0;
-    stats[1] = hsum(a1) + t1;
-    stats[2] = hsum(a2) + t2;
-    stats[3] = hsum(a3) + t3;
-    stats[4] = hsum(a4) + t4;
-  }
+  if (stats != nullptr) sums.write(stats);
 }
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* what) {
@@ -209,7 +220,7 @@ inline V sgd_direction(V p, V g, V* b, const SgdScalars& s) {
 
 void sgd_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ b,
                int64_t begin, int64_t end, const SgdScalars& s, double* stats) {
-  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {};
+  BlockSums sums;
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const v8f old = load8(p + i), grad = load8(g + i);
@@ -218,16 +229,8 @@ void sgd_block(float* __restrict__ p, const float* __restrict__ g, float* __rest
     const v8f pv = old - s.lr * d;
     store8(p + i, pv);
     if (b != nullptr) store8(b + i, buf);
-    if (stats != nullptr) {
-      const v8f delta = pv - old;
-      a0 += old;
-      a1 += old * old;
-      a2 += grad;
-      a3 += grad * grad;
-      a4 += delta * delta;
-    }
+    if (stats != nullptr) sums.add(old, grad, pv);
   }
-  float t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
   for (; i < end; ++i) {
     const float old = p[i], grad = g[i];
     float buf = b != nullptr ? b[i] : 0.0f;
@@ -235,20 +238,9 @@ void sgd_block(float* __restrict__ p, const float* __restrict__ g, float* __rest
     const float pv = old - s.lr * d;
     p[i] = pv;
     if (b != nullptr) b[i] = buf;
-    const float delta = pv - old;
-    t0 += old;
-    t1 += old * old;
-    t2 += grad;
-    t3 += grad * grad;
-    t4 += delta * delta;
+    sums.add(old, grad, pv);
   }
-  if (stats != nullptr) {
-    stats[0] = hsum(a0) + t0;
-    stats[1] = hsum(a1) + t1;
-    stats[2] = hsum(a2) + t2;
-    stats[3] = hsum(a3) + t3;
-    stats[4] = hsum(a4) + t4;
-  }
+  if (stats != nullptr) sums.write(stats);
 }
 
 }  // namespace
