@@ -143,6 +143,25 @@ void check(const at::Tensor& t, const at::Tensor& like, const char* what) {
               "adam_step: ", what, " must be contiguous float32 CPU tensors like the parameter");
 }
 
+// ``block(begin, end, sums)`` over the 512-entry blocks of a tensor of ``size`` entries on
+// torch's threads; with ``row``, each block's sums (``sums`` non-null) added into row[0..5) in
+// block order, so the result does not depend on the number of threads.
+template <typename Block>
+void over_blocks(int64_t size, double* row, const Block& block) {
+  const int64_t blocks = (size + kBlock - 1) / kBlock;
+  std::vector<double> partial(row != nullptr ? blocks * kStats : 0);
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      block(b * kBlock, std::min(size, (b + 1) * kBlock),
+            row != nullptr ? partial.data() + b * kStats : nullptr);
+    }
+  });
+  if (row != nullptr) {
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t j = 0; j < kStats; ++j) row[j] += partial[b * kStats + j];
+  }
+}
+
 }  // namespace
 
 // One Adam/AdamW step of every parameter (their step counters already advanced: ``steps``,
@@ -180,24 +199,14 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
     s.decoupled = decoupled;
     s.l2 = decoupled ? 0.0f : static_cast<float>(weight_decay);
     s.decay = decoupled ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f;
-    const int64_t size = p.numel();
-    const int64_t blocks = (size + kBlock - 1) / kBlock;
-    std::vector<double> partial(stats ? blocks * kStats : 0);
     float* pp = p.data_ptr<float>();
     const float* gp = grads[k].data_ptr<float>();
     float* mp = exp_avgs[k].data_ptr<float>();
     float* vp = exp_avg_sqs[k].data_ptr<float>();
-    at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        update_block(pp, gp, mp, vp, b * kBlock, std::min(size, (b + 1) * kBlock), s,
-                     stats ? partial.data() + b * kStats : nullptr);
-      }
-    });
-    if (stats) {
-      double* o = out.data_ptr<double>() + k * kStats;
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t j = 0; j < kStats; ++j) o[j] += partial[b * kStats + j];
-    }
+    over_blocks(p.numel(), stats ? out.data_ptr<double>() + k * kStats : nullptr,
+                [&](int64_t begin, int64_t end, double* sums) {
+                  update_block(pp, gp, mp, vp, begin, end, s, sums);
+                });
   }
   return out;
 }
@@ -272,23 +281,13 @@ at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at:
     check(p, p, "parameters");
     check(grads[k], p, "gradients");
     if (with_momentum) check(buffers[k], p, "momentum buffers");
-    const int64_t size = p.numel();
-    const int64_t blocks = (size + kBlock - 1) / kBlock;
-    std::vector<double> partial(stats ? blocks * kStats : 0);
     float* pp = p.data_ptr<float>();
     const float* gp = grads[k].data_ptr<float>();
     float* bp = with_momentum ? buffers[k].data_ptr<float>() : nullptr;
-    at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        sgd_block(pp, gp, bp, b * kBlock, std::min(size, (b + 1) * kBlock), s,
-                  stats ? partial.data() + b * kStats : nullptr);
-      }
-    });
-    if (stats) {
-      double* o = out.data_ptr<double>() + k * kStats;
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t j = 0; j < kStats; ++j) o[j] += partial[b * kStats + j];
-    }
+    over_blocks(p.numel(), stats ? out.data_ptr<double>() + k * kStats : nullptr,
+                [&](int64_t begin, int64_t end, double* sums) {
+                  sgd_block(pp, gp, bp, begin, end, s, sums);
+                });
   }
   return out;
 }
