@@ -32,12 +32,13 @@ train: setup data
 	$(BIN)/steadygrad train --preset reference --epochs 10 --threads 1 --out runs/reference
 
 # Side-by-side epoch timings (add `python -m benchmarks.setup_alternatives` first to include
-# Keras and JAX), inference latency, monitor overhead and the doctor's probe time.
+# Keras and JAX), inference latency, monitor overhead, the doctor's probe time and the GEMM.
 bench: setup data
 	$(BIN)/python -m benchmarks.epoch --with-alternatives
 	$(BIN)/python -m benchmarks.inference
 	$(BIN)/python -m benchmarks.monitor_overhead
 	$(BIN)/python -m benchmarks.doctor_probe
+	$(BIN)/python -m benchmarks.gemm
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
