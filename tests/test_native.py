@@ -933,12 +933,29 @@ def test_gemm_on_the_steps_shapes_and_edges() -> None:
         torch.set_num_threads(previous)
 
 
-def test_one_thread_and_two_give_the_same_step() -> None:
-    """With one torch thread the native step's products are csrc/gemm.h's, with two ATen's
-    (MKL): the same loss, logits and gradients to float rounding."""
+def test_gemm_is_used_up_to_two_threads_where_it_is_compiled() -> None:
+    """The rule csrc/chain.cpp applies: gemm.h (where compiled: AVX2 + FMA, no AVX-512) on 1 and
+    2 threads, ATen's products on more."""
+    kernels = native.load()
+    one = torch.ones(1, 1)
+    compiled = kernels.sgemm(False, False, one, one, torch.empty(1, 1), 0.0)
+    previous = torch.get_num_threads()
+    try:
+        used = {}
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            used[threads] = kernels.gemm_in_use()
+    finally:
+        torch.set_num_threads(previous)
+    assert used == {1: compiled, 2: compiled, 3: False}
+
+
+def test_one_thread_and_three_give_the_same_step() -> None:
+    """With one torch thread the native step's products are csrc/gemm.h's (where compiled), with
+    three ATen's (MKL): the same loss, logits and gradients to float rounding."""
     x, y = batches(1)[0]
     results = {}
-    for threads in (1, 2):
+    for threads in (1, 3):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -947,7 +964,7 @@ def test_one_thread_and_two_give_the_same_step() -> None:
             results[threads] = (loss, logits, [p.grad.clone() for p in model.parameters()])
         finally:
             torch.set_num_threads(previous)
-    (l1, z1, g1), (l2, z2, g2) = results[1], results[2]
+    (l1, z1, g1), (l2, z2, g2) = results[1], results[3]
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z1, z2, rtol=1e-4, atol=1e-5)
     for a, b in zip(g1, g2, strict=True):

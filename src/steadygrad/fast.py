@@ -788,8 +788,8 @@ class FastStep:
         the end of the backward pass, before the update.
 
         ``update_stats(params, stats)`` (e.g. ``observer.updated``) is called after the update
-        with the parameters' sums (:meth:`StepObserver.updated`), where :meth:`gives_stats`
-        held; a step given both may skip the replay (:meth:`StepObserver.kept`)."""
+        with the parameters' sums (:meth:`StepObserver.updated`) where :meth:`gives_stats`
+        held, else with None; a step given both may skip the replay (:meth:`StepObserver.kept`)."""
         self.last_correct = None
         reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
@@ -1028,7 +1028,8 @@ class FastStep:
         with the parameters' sums, which it returns (else None)."""
         opt = self.optimizer
         group = opt.param_groups[0]
-        if want_stats and self.gives_stats() and isinstance(opt, torch.optim.SGD):
+        want_stats = want_stats and self.gives_stats()
+        if want_stats and isinstance(opt, torch.optim.SGD):
             momentum = float(group["momentum"])
             buffers = self._state_lists[0] if momentum else []
             sums: Tensor = self._kernels.sgd_step(
@@ -1047,7 +1048,7 @@ class FastStep:
             self._after_first_momentum_step()
             opt._opt_called = True  # type: ignore[attr-defined]
             return sums
-        if want_stats and self.gives_stats():
+        if want_stats:  # Adam, AdamW
             exp_avgs, exp_avg_sqs, _, _ = self._state_lists
             self._flat_steps.add_(1)
             beta1, beta2 = group["betas"]

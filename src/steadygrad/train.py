@@ -494,9 +494,8 @@ def _fit(
             # Where the update can give the parameters' sums (csrc/update.cpp), the monitor takes
             # the weights' moments and the update's norm from it: no snapshot, no extra passes.
             if watcher.records_next_step():  # the fast step shows the monitor what hooks would see
-                sums = observer.updated if fast_only.gives_stats() else None
                 out = fast_only.try_fast(
-                    x, y, ignore_hooks_of=watcher, observer=observer, update_stats=sums
+                    x, y, ignore_hooks_of=watcher, observer=observer, update_stats=observer.updated
                 )
             elif observer.wants_norms() and fast_only.gives_stats():
                 out = fast_only.try_fast(

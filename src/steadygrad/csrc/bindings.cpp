@@ -16,6 +16,7 @@ at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at:
                     const std::vector<at::Tensor>& buffers, double lr, double momentum,
                     double dampening, double weight_decay, bool nesterov, bool maximize,
                     bool first, bool stats);
+bool gemm_in_use();
 bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B,
                      at::Tensor& C, double beta);
 at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
@@ -38,6 +39,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("nesterov"), py::arg("maximize"), py::arg("first"), py::arg("stats"),
         "SGD update (momentum, Nesterov, dampening, weight decay, maximize), with the "
         "parameters' and the update's sums when asked (csrc/update.cpp)");
+  m.def("gemm_in_use", &gemm_in_use,
+        "Whether the step's products use csrc/gemm.h at torch's current thread count");
   m.def("sgemm", &sgemm_for_tests,
         "C = op(A) op(B) + beta C by csrc/gemm.h (False where not compiled), for tests");
   m.def("adam_step", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),

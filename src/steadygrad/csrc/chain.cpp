@@ -587,11 +587,13 @@ bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::
                   C.stride(1) == 1,
               "sgemm: float32 matrices with contiguous rows");
   const int64_t m = C.size(0), n = C.size(1), k = trans_a ? A.size(0) : A.size(1);
-  gemm(trans_a, trans_b, m, n, k, A.data_ptr<float>(), A.stride(0),
-                 B.data_ptr<float>(), B.stride(0), static_cast<float>(beta), C.data_ptr<float>(),
-                 C.stride(0));
+  gemm(trans_a, trans_b, m, n, k, A.data_ptr<float>(), A.stride(0), B.data_ptr<float>(),
+       B.stride(0), static_cast<float>(beta), C.data_ptr<float>(), C.stride(0));
   return true;
 #else
   return false;
 #endif
 }
+
+// Whether the step's products go through csrc/gemm.h now (compiled here, and few enough threads).
+bool gemm_in_use() { return own_gemm(); }

@@ -1398,11 +1398,9 @@ class Monitor:
                 if item.dead_below is not None:
                     dead = values[at] / pre.shape[1]
                     at += 1
-            pre_m, act_m, grad_m = moments
+            pre_m, act_m, grad_m = (m or (None, None, None) for m in moments)
             update = state.updates.get(slot)
             update_ratio = None if update is None else _update_ratio(float(update), weight_norm)
-            name = item.activation.name if item.activation is not None else None
-            slot.activation = name
             recommended = None
             if item.status in ("module", "activation", "none"):
                 shape = tuple(weight.shape)
@@ -1411,24 +1409,18 @@ class Monitor:
                     recommended = _recommended_std(item.activation, shape)
                     plan.recommended[(item.slot, shape)] = recommended
             layers.append(
-                LayerStats(
-                    name=slot.name,
-                    kind=slot.kind,
-                    depth=slot.depth,
-                    activation=name,
-                    pre_mean=pre_m[0] if pre_m else None,
-                    pre_std=pre_m[1] if pre_m else None,
-                    act_mean=act_m[0] if act_m else None,
-                    act_std=act_m[1] if act_m else None,
+                _layer_record(
+                    slot,
+                    item.activation,
+                    pre=pre_m[:2],
+                    act=act_m[:2],
+                    grad=grad_m[1:],
+                    weight_std=weight_std,
+                    weight_grad=(wgrad_std, wgrad_norm),
                     saturated=saturated,
                     dead=dead,
-                    grad_out_std=grad_m[1] if grad_m else None,
-                    grad_out_norm=grad_m[2] if grad_m else None,
-                    weight_std=weight_std,
-                    weight_grad_std=wgrad_std,
-                    weight_grad_norm=wgrad_norm,
                     update_ratio=update_ratio,
-                    recommended_std=recommended,
+                    recommended=recommended,
                     nan=0,
                     inf=0,
                 )
@@ -1571,31 +1563,22 @@ class Monitor:
         if entry.update is not None and weight_norm is not None:
             update_ratio = _update_ratio(values[entry.update], weight_norm)
         slot = entry.slot
-        name = entry.activation.name if entry.activation is not None else None
-        slot.activation = name
         weight = slot.weight()
         recommended = None
         if weight is not None and entry.status in ("module", "activation", "none"):
             recommended = _recommended_std(entry.activation, tuple(weight.shape))
-        assert slot.depth is not None
-        stats = LayerStats(
-            name=slot.name,
-            kind=slot.kind,
-            depth=slot.depth,
-            activation=name,
-            pre_mean=pre_mean,
-            pre_std=pre_std,
-            act_mean=act_mean,
-            act_std=act_std,
+        stats = _layer_record(
+            slot,
+            entry.activation,
+            pre=(pre_mean, pre_std),
+            act=(act_mean, act_std),
+            grad=(grad_std, grad_norm),
+            weight_std=weight_std,
+            weight_grad=(wgrad_std, wgrad_norm),
             saturated=saturated,
             dead=dead,
-            grad_out_std=grad_std,
-            grad_out_norm=grad_norm,
-            weight_std=weight_std,
-            weight_grad_std=wgrad_std,
-            weight_grad_norm=wgrad_norm,
             update_ratio=update_ratio,
-            recommended_std=recommended,
+            recommended=recommended,
             nan=nan,
             inf=inf,
         )
@@ -1628,6 +1611,51 @@ class Monitor:
                 self._note("write", f"stopped writing {self.path}: {error}")
         if self._tensorboard is not None:
             _output.write_tensorboard(self._tensorboard, unsealed.record, unsealed.histograms)
+
+
+def _layer_record(
+    slot: _Slot,
+    activation: activations.Activation | None,
+    *,
+    pre: tuple[float | None, float | None],
+    act: tuple[float | None, float | None],
+    grad: tuple[float | None, float | None],
+    weight_std: float | None,
+    weight_grad: tuple[float | None, float | None],
+    saturated: float | None,
+    dead: float | None,
+    update_ratio: float | None,
+    recommended: float | None,
+    nan: int,
+    inf: int,
+) -> LayerStats:
+    """The record of one layer on one step (``pre``/``act``: mean and std; ``grad``/
+    ``weight_grad``: std and norm), by both record paths; the slot learns its activation's
+    name here."""
+    name = activation.name if activation is not None else None
+    slot.activation = name
+    assert slot.depth is not None
+    return LayerStats(
+        name=slot.name,
+        kind=slot.kind,
+        depth=slot.depth,
+        activation=name,
+        pre_mean=pre[0],
+        pre_std=pre[1],
+        act_mean=act[0],
+        act_std=act[1],
+        saturated=saturated,
+        dead=dead,
+        grad_out_std=grad[0],
+        grad_out_norm=grad[1],
+        weight_std=weight_std,
+        weight_grad_std=weight_grad[0],
+        weight_grad_norm=weight_grad[1],
+        update_ratio=update_ratio,
+        recommended_std=recommended,
+        nan=nan,
+        inf=inf,
+    )
 
 
 def _update_ratio(squared_change: float, weight_norm: float) -> float | None:
