@@ -144,9 +144,7 @@ def measure(
                     _torch_loop(model, optimizer, batches, every, folder)
                 )
             for name, every in order:
-                times["steadygrad fit"][name].append(
-                    _fit_run(subset, every, folder, fit_optimizer)
-                )
+                times["steadygrad fit"][name].append(_fit_run(subset, every, folder, fit_optimizer))
     return times
 
 

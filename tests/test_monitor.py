@@ -1131,3 +1131,27 @@ def test_the_log_is_flushed_at_the_first_record_and_within_flush_seconds(
                 clock[0] += _output.FLUSH_SECONDS
         assert len(path.read_text().splitlines()) == 4  # flushed once the interval had passed
     assert len(path.read_text().splitlines()) == 4
+
+
+def test_records_are_serialised_in_batches_in_order_and_all_written_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steadygrad.monitor import _output
+
+    model = ModuleMLP()
+    x, y = batch((16, 6), 4)
+    clock = [0.0]
+    monkeypatch.setattr(_output.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_output, "PENDING_RECORDS", 3)
+    with monitor.watch(model, every=1, out=tmp_path) as mon:
+        for _ in range(7):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            mon.log_loss(loss)
+            assert mon._writer is not None
+            assert len(mon._writer._pending) < 3  # written once 3 wait
+        records = list(mon.records)
+    assert len(records) == 7
+    lines = (tmp_path / "monitor.jsonl").read_text().splitlines()
+    assert lines[1:] == [r.to_json() for r in records]
+    assert [json.loads(line)["step"] for line in lines[1:]] == [r.step for r in records]

@@ -697,6 +697,43 @@ def test_adam_step_without_sums_returns_nothing_and_rejects_other_tensors() -> N
         )  # fmt: skip
 
 
+def test_record_stats_finishes_the_sums_as_the_python_formulas_do() -> None:
+    """``record_stats`` (csrc/stats.cpp) against ``_stats.from_sums``/``sufficient`` on
+    ``reduce``'s sums, the fractions against masks, the weights' moments against float64
+    formulas; its last entry says whether every moment could be trusted."""
+    from steadygrad.monitor import _stats
+
+    kernels = native.load()
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(50, 300, generator=g), torch.randn(50, 10, generator=g) * 3 - 1
+    b[:, 2] = -5.0  # a dead unit
+    tensors, kinds = [a, b, b, b], [0, 0, 1, 2]
+    bounds = [0.0, 0.0, 0.0, 0.0, -1.5, 1.5, 0.0, 0.0]
+    w, grad = torch.randn(30, 7, generator=g), torch.randn(30, 7, generator=g) * 1e-3
+    sums = torch.zeros(3, 5, dtype=torch.float64)
+    sums[2, :4] = torch.stack([w.double().sum(), (w.double() ** 2).sum(),
+                               grad.double().sum(), (grad.double() ** 2).sum()])  # fmt: skip
+    out = kernels.record_stats(tensors, kinds, bounds, sums, [2], [w.numel()], 1e-3).tolist()
+    raw = kernels.reduce(tensors, kinds, bounds).tolist()
+    assert len(out) == 3 + 3 + 1 + 1 + 6 + 1
+    assert out[0:3] == pytest.approx(_stats.from_sums(raw[0], raw[1], a.numel()), rel=1e-12)
+    assert out[3:6] == pytest.approx(_stats.from_sums(raw[2], raw[3], b.numel()), rel=1e-12)
+    assert out[6] == ((b < -1.5) | (b > 1.5)).double().mean().item()
+    assert out[7] == pytest.approx(1 / 10)
+    for at, t in ((8, w.double()), (11, grad.double())):
+        mean, std = t.mean().item(), t.std(unbiased=False).item()
+        assert out[at : at + 3] == pytest.approx([mean, std, t.norm().item()], rel=1e-9)
+    assert out[-1] == 1.0
+    # a constant tensor cancels (var < 1e-3 mean²), a non-finite one cannot be summed
+    for bad in (torch.full((4, 4), 3.0), torch.tensor([[1.0, math.inf]])):
+        flag = kernels.record_stats([bad], [0], [0.0, 0.0], sums, [], [], 1e-3).tolist()[-1]
+        assert flag == 0.0
+    with pytest.raises(RuntimeError, match="row out of range"):
+        kernels.record_stats([a], [0], [0.0, 0.0], sums, [3], [1], 1e-3)
+    with pytest.raises(RuntimeError, match=r"contiguous \(n, 5\) float64"):
+        kernels.record_stats([a], [0], [0.0, 0.0], sums.float(), [0], [1], 1e-3)
+
+
 # --------------------------------------------------------------------------- kept records
 
 

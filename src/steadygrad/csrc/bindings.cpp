@@ -11,6 +11,10 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
                                          const std::vector<bool>& needs_input_grad, bool keep);
 at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
                   const std::vector<double>& params);
+at::Tensor record_stats(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
+                        const std::vector<double>& params, const at::Tensor& sums,
+                        const std::vector<int64_t>& rows, const std::vector<int64_t>& numels,
+                        double cancellation);
 at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b);
 at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                     const std::vector<at::Tensor>& buffers, double lr, double momentum,
@@ -32,6 +36,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Forward and backward of a Linear/BatchNorm/activation chain with mean cross-entropy "
         "(csrc/chain.cpp)");
   m.def("reduce", &reduce, "The monitor's reductions of one recorded step (csrc/stats.cpp)");
+  m.def("record_stats", &record_stats,
+        "The numbers of one recorded step's layers: reduce's requests finished into moments and "
+        "fractions, and the update's sums into the weights' moments (csrc/stats.cpp)");
   m.def("squared_distances", &squared_distances,
         "Σ (a − b)² of each pair of tensors, float64 (csrc/stats.cpp)");
   m.def("sgd_step", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("buffers"),

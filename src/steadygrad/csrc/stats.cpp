@@ -126,6 +126,70 @@ at::Tensor reduce(const std::vector<at::Tensor>& tensors, const std::vector<int6
   return out;
 }
 
+// (mean, std, norm) of n entries from s = Σx and q = Σx², as steadygrad/monitor/_stats.py's
+// from_sums: s/n, sqrt(max(q/n − mean², 0)), sqrt(max(q, 0)). ok becomes false where the sums do
+// not give the moments (sufficient(): not finite, or var < cancellation · mean²).
+inline void finish(double s, double q, double n, double cancellation, double* out, bool& ok) {
+  const double mean = s / n;
+  const double var = q / n - mean * mean;
+  ok = ok && std::isfinite(s) && std::isfinite(q) && var >= cancellation * mean * mean;
+  out[0] = mean;
+  out[1] = std::sqrt(std::max(var, 0.0));
+  out[2] = std::sqrt(std::max(q, 0.0));
+}
+
+// record_stats(tensors, kinds, params, sums, rows, numels, cancellation) -> float64 tensor, the
+// numbers of one recorded step's layers in one call (steadygrad/monitor/_watch.py,
+// Monitor._finalize_kept), in order:
+//   per request (as reduce): kind 0 → mean, std, norm; kind 1 → the saturated fraction
+//   (count / numel); kind 2 → the dead fraction (count / units);
+//   per row r = rows[j] of sums (an optimizer update's (Σθ, Σθ², Σg, Σg², ·) rows, float64,
+//   csrc/update.cpp), for numels[j] entries: mean, std, norm of θ, then of g;
+//   last: 1 if every moment was finite and without cancellation, else 0 (the caller then
+//   recomputes; see finish).
+at::Tensor record_stats(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& kinds,
+                        const std::vector<double>& params, const at::Tensor& sums,
+                        const std::vector<int64_t>& rows, const std::vector<int64_t>& numels,
+                        double cancellation) {
+  TORCH_CHECK(rows.size() == numels.size(), "record_stats: one numel per row");
+  TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.device().is_cpu() &&
+                  sums.is_contiguous() && sums.dim() == 2 && sums.size(1) == 5,
+              "record_stats: sums must be a contiguous (n, 5) float64 CPU tensor");
+  const at::Tensor raw = reduce(tensors, kinds, params);
+  const double* r = raw.data_ptr<double>();
+  int64_t size = 1 + 6 * static_cast<int64_t>(rows.size());
+  for (int64_t kind : kinds) size += kind == kMoments ? 3 : 1;
+  at::Tensor out = at::empty({size}, at::TensorOptions().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  bool ok = true;
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const at::Tensor& t = tensors[k];
+    switch (kinds[k]) {
+      case kMoments:
+        finish(r[0], r[1], static_cast<double>(t.numel()), cancellation, o, ok);
+        r += 2;
+        o += 3;
+        break;
+      case kSaturated:
+        *o++ = *r++ / static_cast<double>(t.numel());
+        break;
+      default:  // kDead (reduce checked the kinds)
+        *o++ = *r++ / static_cast<double>(t.size(1));
+    }
+  }
+  const double* table = sums.data_ptr<double>();
+  for (size_t j = 0; j < rows.size(); ++j) {
+    TORCH_CHECK(rows[j] >= 0 && rows[j] < sums.size(0), "record_stats: row out of range");
+    const double* row = table + 5 * rows[j];
+    const double n = static_cast<double>(numels[j]);
+    finish(row[0], row[1], n, cancellation, o, ok);
+    finish(row[2], row[3], n, cancellation, o + 3, ok);
+    o += 6;
+  }
+  *o = ok ? 1.0 : 0.0;
+  return out;
+}
+
 // Σ (a − b)² of each pair (a monitored weight after an optimizer step and its snapshot from
 // before), as a float64 vector: the update norms ‖ΔW‖² of a step in one call.
 at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {

@@ -20,6 +20,11 @@ FLUSH_SECONDS = 1.0
 """Records are handed to the operating system at most this long after they were written (a
 flush per record costs 30 µs here, as much as the rest of writing it), and when the watch ends."""
 
+PENDING_RECORDS = 256
+"""Records are serialised and written together, at the flush or when this many are waiting:
+one JSON line made right after a training step's arithmetic costs ~40 µs on the reference
+network (the step has pushed the serialiser out of the caches), ~8 µs when made in a batch."""
+
 
 class LogWriter:
     """Writes ``<folder>/monitor.jsonl``: the header, then one line per record, flushed at least
@@ -54,26 +59,39 @@ class LogWriter:
                 f"cannot write monitor log {self.path}: {error.strerror or error}"
             ) from None
         self._header: dict[str, Any] | None = None
+        self._pending: list[StepRecord] = []  # written, not yet serialised
         self._flushed = -math.inf  # the first write is flushed at once
 
     def write(self, header: Callable[[], dict[str, Any]], record: StepRecord | None) -> None:
-        """Append ``record`` (writing ``header()`` first if nothing was written yet)."""
+        """Append ``record`` (writing ``header()`` first if nothing was written yet); None:
+        write and flush what is waiting.
+
+        The record (final: nothing changes it after this call) is serialised with those
+        waiting, at the next flush (:data:`FLUSH_SECONDS`) or when :data:`PENDING_RECORDS`
+        wait; a killed process loses what was not flushed, as before the batching."""
         if self._header is None:
             self._header = header()
             self._file.write("".join(line + "\n" for line in [dumps(self._header), *self._kept]))
         if record is not None:
-            self._file.write(record.to_json() + "\n")
+            self._pending.append(record)
         now = time.monotonic()
         if now - self._flushed >= FLUSH_SECONDS or record is None:
+            self._write_pending()
             self._file.flush()
             self._flushed = now
+        elif len(self._pending) >= PENDING_RECORDS:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self._file.write("".join([record.to_json() + "\n" for record in self._pending]))
+            self._pending.clear()
 
     def close(self, header: dict[str, Any]) -> None:
         """Close the file; rewrite the header line if layers or notes changed since written."""
         if self._file.closed:
             return
-        if self._header is None:
-            self.write(lambda: header, None)
+        self.write(lambda: header, None)  # the header if none yet, and the records waiting
         self._file.close()
         if header != self._header:
             lines = self.path.read_text(encoding="utf-8").split("\n")

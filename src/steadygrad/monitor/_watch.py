@@ -258,6 +258,52 @@ class _KeptPlan:
     # (slot, weight shape) → _recommended_std, whose cache key costs more than the lookup
     recommended: dict[tuple[_Slot, tuple[int, ...]], float | None] = field(default_factory=dict)
 
+    @functools.cached_property
+    def requests(self) -> _KeptRequests:
+        """The native reduction's requests and where each layer's numbers land in the result
+        of ``record_stats`` (csrc/stats.cpp): the same on every step of the layout."""
+        indices: list[int] = []
+        kinds: list[int] = []
+        bounds: list[float] = []
+        places: list[tuple[int, int, int, int, int]] = []
+        at = 0
+
+        def request(index: int, kind: int, two: list[float]) -> int:
+            nonlocal at
+            indices.append(index)
+            kinds.append(kind)
+            bounds.extend(two)
+            start, at = at, at + (3 if kind == _stats.KIND_MOMENTS else 1)
+            return start
+
+        for item in self.layers:
+            pre, act, grad = (
+                -1 if index is None else request(index, _stats.KIND_MOMENTS, [0.0, 0.0])
+                for index in (item.pre, item.act, item.grad)
+            )
+            saturated = dead = -1
+            if item.counts and item.pre is not None:
+                if item.region is not None:
+                    saturated = request(item.pre, _stats.KIND_SATURATED, list(item.region))
+                if item.dead_below is not None:
+                    dead = request(item.pre, _stats.KIND_DEAD, [item.dead_below, 0.0])
+            places.append((pre, act, grad, saturated, dead))
+        return _KeptRequests(tuple(indices), kinds, bounds, tuple(places), at)
+
+
+@dataclass(frozen=True)
+class _KeptRequests:
+    """:attr:`_KeptPlan.requests`: per request its kept tensor's index, kind and two bounds;
+    per layer the offsets of its pre, act and grad (mean, std, norm) and of its saturated and
+    dead fractions in ``record_stats``'s result (−1: none); ``weights``: where the weights'
+    numbers start (6 per layer, in the plan's order)."""
+
+    indices: tuple[int, ...]
+    kinds: list[int]
+    bounds: list[float]
+    places: tuple[tuple[int, int, int, int, int], ...]
+    weights: int
+
 
 class _FastObserver:
     """Replays a fast step's module calls and gradients through a :class:`Monitor`'s hooks."""
@@ -1299,25 +1345,26 @@ class Monitor:
         """A fast step's update ended with its sums (:meth:`_FastObserver.updated`): finish
         the step waiting for them, and keep the update's norms for the next record."""
         given: dict[int, tuple[torch.Tensor, int]] | None = None
+        rows: list[list[float]] = []
         if stats is not None:
             given = {id(p): (stats, k) for k, p in enumerate(params)}
+            rows = stats.tolist()
         waiting, self._kept_waiting = self._kept_waiting, None
         if waiting is not None:
             state, plan, tensors = waiting
             if (
                 not state.finalized
                 and self._state is state
-                and (given is None or not self._finalize_kept(state, plan, tensors, given))
+                and (given is None or not self._finalize_kept(state, plan, tensors, given, rows))
             ):
                 self._finalize_kept_slowly(state, plan, tensors, given)
         if stats is not None and self.records_next_step():
             self._snapshot = None  # the sums replace the copy (if one was taken)
-            norms = [row[4] for row in stats.tolist()]
             at = {id(p): k for k, p in enumerate(params)}
             for slot in self._slots.values():
                 k = at.get(id(slot.weight()), -1)
                 if k >= 0:
-                    self._pending_updates[slot] = norms[k]
+                    self._pending_updates[slot] = rows[k][4]
 
     def _finalize_kept(
         self,
@@ -1325,82 +1372,60 @@ class Monitor:
         plan: _KeptPlan,
         tensors: list[torch.Tensor],
         given: dict[int, tuple[torch.Tensor, int]],
+        rows: list[list[float]],
     ) -> bool:
-        """The record of a step recorded from its kept tensors, in one native reduction.
+        """The record of a step recorded from its kept tensors, in one native call.
 
         The statistics and the record are :meth:`_finalize`'s, with what it decides on each
-        step (which tensor, which statistic) decided once by the plan: about a fifth of its
-        Python. Returns False, having recorded nothing, where :meth:`_finalize`'s precise
-        second pass is needed (a sum that is not finite or that cancels) or a weight's sums
-        are missing.
+        step (which tensor, which statistic) decided once by the plan (``plan.requests``), and
+        the moments (:func:`_stats.from_sums`), fractions and the check that the sums suffice
+        (:func:`_stats.sufficient`) done by ``record_stats`` (csrc/stats.cpp): in Python they
+        cost ~80 µs a step here, run right after the step's arithmetic. ``rows``: the update's
+        sums per parameter, at the row ``given`` names. Returns False, having recorded nothing,
+        where :meth:`_finalize`'s precise second pass is needed (a sum that is not finite or
+        that cancels) or a weight's sums are missing.
         """
         kernels = native.load()
-        if kernels is None:
-            return False
-        requests: list[torch.Tensor] = []
-        kinds: list[int] = []
-        bounds: list[float] = []
-        for item in plan.layers:
-            for index in (item.pre, item.act, item.grad):
-                if index is not None:
-                    requests.append(tensors[index])
-                    kinds.append(_stats.KIND_MOMENTS)
-                    bounds += [0.0, 0.0]
-            if item.counts and item.pre is not None:
-                if item.region is not None:
-                    requests.append(tensors[item.pre])
-                    kinds.append(_stats.KIND_SATURATED)
-                    bounds += item.region
-                if item.dead_below is not None:
-                    requests.append(tensors[item.pre])
-                    kinds.append(_stats.KIND_DEAD)
-                    bounds += [item.dead_below, 0.0]
         first = tensors[0]  # the kernel's tensors: all (batch, units) float32, on the CPU
-        if not (_stats.native_reads(first) and first.ndim == 2):
+        if (
+            kernels is None
+            or first.dtype != torch.float32
+            or first.device.type != "cpu"
+            or first.ndim != 2
+            or not first.is_contiguous()
+        ):
             return False
-        values = kernels.reduce(requests, kinds, bounds).tolist()
-        sums_of: dict[int, list[list[float]]] = {}
-        at = 0
-        layers: list[LayerStats] = []
+        weights: list[torch.Tensor] = []
+        at: list[int] = []
+        sums: torch.Tensor | None = None
         for item in plan.layers:
-            slot = item.slot
-            weight = slot.weight()
-            row = given.get(id(weight)) if weight is not None else None
-            if weight is None or row is None or slot.depth is None:
+            weight = item.slot.weight()
+            found = given.get(id(weight)) if weight is not None else None
+            if weight is None or found is None or item.slot.depth is None:
                 return False
-            sums, k = row
-            if id(sums) not in sums_of:
-                sums_of[id(sums)] = sums.tolist()
-            wsum, wsq, gsum, gsq, _ = sums_of[id(sums)][k]
-            moments: list[tuple[float, float, float] | None] = []
-            for index in (item.pre, item.act, item.grad):
-                if index is None:
-                    moments.append(None)
-                    continue
-                n = tensors[index].numel()
-                if not _stats.sufficient(values[at], values[at + 1], n):
-                    return False
-                moments.append(_stats.from_sums(values[at], values[at + 1], n))
-                at += 2
-            n = weight.numel()
-            if not (_stats.sufficient(wsum, wsq, n) and _stats.sufficient(gsum, gsq, n)):
-                return False
-            _, weight_std, weight_norm = _stats.from_sums(wsum, wsq, n)
-            _, wgrad_std, wgrad_norm = _stats.from_sums(gsum, gsq, n)
-            saturated = dead = None
-            if item.counts and item.pre is not None:
-                pre = tensors[item.pre]
-                saturated = 0.0
-                if item.region is not None:
-                    saturated = values[at] / pre.numel()
-                    at += 1
-                dead = 0.0
-                if item.dead_below is not None:
-                    dead = values[at] / pre.shape[1]
-                    at += 1
-            pre_m, act_m, grad_m = (m or (None, None, None) for m in moments)
-            update = state.updates.get(slot)
-            update_ratio = None if update is None else _update_ratio(float(update), weight_norm)
+            sums = found[0]
+            weights.append(weight)
+            at.append(found[1])
+        if sums is None:
+            return False
+        req = plan.requests
+        values = kernels.record_stats(
+            [tensors[i] for i in req.indices],
+            req.kinds,
+            req.bounds,
+            sums,
+            at,
+            [w.numel() for w in weights],
+            _stats.CANCELLATION,
+        ).tolist()
+        if not values[-1]:
+            return False
+        layers: list[LayerStats] = []
+        updates = state.updates
+        for j, (item, weight) in enumerate(zip(plan.layers, weights, strict=True)):
+            pre, act, grad, saturated, dead = req.places[j]
+            w = req.weights + 6 * j  # mean, std, norm of W, then of ∂L/∂W
+            update = updates.get(item.slot)
             recommended = None
             if item.status in ("module", "activation", "none"):
                 shape = tuple(weight.shape)
@@ -1408,18 +1433,21 @@ class Monitor:
                 if recommended is not None and math.isnan(recommended):
                     recommended = _recommended_std(item.activation, shape)
                     plan.recommended[(item.slot, shape)] = recommended
+            counts = item.counts and item.pre is not None
             layers.append(
                 _layer_record(
-                    slot,
+                    item.slot,
                     item.activation,
-                    pre=pre_m[:2],
-                    act=act_m[:2],
-                    grad=grad_m[1:],
-                    weight_std=weight_std,
-                    weight_grad=(wgrad_std, wgrad_norm),
-                    saturated=saturated,
-                    dead=dead,
-                    update_ratio=update_ratio,
+                    pre=(None, None) if pre < 0 else (values[pre], values[pre + 1]),
+                    act=(None, None) if act < 0 else (values[act], values[act + 1]),
+                    grad=(None, None) if grad < 0 else (values[grad + 1], values[grad + 2]),
+                    weight_std=values[w + 1],
+                    weight_grad=(values[w + 4], values[w + 5]),
+                    saturated=(values[saturated] if saturated >= 0 else 0.0) if counts else None,
+                    dead=(values[dead] if dead >= 0 else 0.0) if counts else None,
+                    update_ratio=None
+                    if update is None
+                    else _update_ratio(float(update), values[w + 2]),
                     recommended=recommended,
                     nan=0,
                     inf=0,
