@@ -681,6 +681,27 @@ def test_sgd_step_is_torchs_sgd_and_sums_what_it_read(
         torch.testing.assert_close(got, opt.state[p]["momentum_buffer"], rtol=1e-5, atol=1e-6)
 
 
+def test_adam_step_change_only_sums_the_update_alone_and_updates_alike() -> None:
+    """``change_only``: the same update, Σ(Δθ)² as with all sums, the other columns 0."""
+    kernels = native.load()
+    shapes = [(300, 784), (513,), (7,)]
+    runs = []
+    for change_only in (False, True):
+        params = [torch.randn(s, generator=torch.Generator().manual_seed(1)) for s in shapes]
+        m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+        grads = [torch.randn(s, generator=torch.Generator().manual_seed(2)) for s in shapes]
+        sums = kernels.adam_step(
+            params, grads, m, v, torch.ones(len(shapes)), lr=1e-2, beta1=0.9, beta2=0.999,
+            eps=1e-8, weight_decay=0.0, decoupled=False, stats=True, change_only=change_only,
+        )  # fmt: skip
+        runs.append((params, sums))
+    (full_params, full), (params, only) = runs
+    for a, b in zip(full_params, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(only[:, 4], full[:, 4], rtol=1e-12, atol=0)
+    assert bool((only[:, :4] == 0).all()) and bool((full[:, :4] != 0).all())
+
+
 def test_adam_step_without_sums_returns_nothing_and_rejects_other_tensors() -> None:
     kernels = native.load()
     p, gr = torch.ones(10), torch.ones(10)

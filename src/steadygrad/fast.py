@@ -776,6 +776,7 @@ class FastStep:
         before: Callable[[], None] | None = None,
         observer: StepObserver | None = None,
         update_stats: Callable[[list[Tensor], Tensor | None], None] | None = None,
+        change_only: bool = False,
     ) -> tuple[Tensor, Tensor] | None:
         """The fast step, or None (nothing done) when it cannot be taken; ``before()`` is called
         just before a fast step starts (``Monitor.pass_step``: the monitor counts the step only
@@ -789,7 +790,10 @@ class FastStep:
 
         ``update_stats(params, stats)`` (e.g. ``observer.updated``) is called after the update
         with the parameters' sums (:meth:`StepObserver.updated`) where :meth:`gives_stats`
-        held, else with None; a step given both may skip the replay (:meth:`StepObserver.kept`)."""
+        held, else with None; a step given both may skip the replay (:meth:`StepObserver.kept`).
+        ``change_only``: only the sums' last column, Σ(Δθ)², is wanted (a monitor's update ratio,
+        on the step before a recorded one); Adam's update then leaves the others 0 and costs
+        one accumulator instead of five."""
         self.last_correct = None
         reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
@@ -820,7 +824,7 @@ class FastStep:
                         and observer.kept(self._native, self._native.kept(outputs, gradients))
                     ):
                         self._replay(x, observer, outputs, gradients)
-                    self._update(update_stats)
+                    self._update(update_stats, change_only)
                     return loss, logits
             if observer is None:
                 a = x
@@ -845,7 +849,7 @@ class FastStep:
                         layer.out = None
                     g = layer.backward(g)
                 observer.backward_done()
-            self._update(update_stats)
+            self._update(update_stats, change_only)
         return loss, logits
 
     def _replay(
@@ -1014,18 +1018,21 @@ class FastStep:
         return self._fused_ok(group)
 
     def _update(
-        self, update_stats: Callable[[list[Tensor], Tensor | None], None] | None = None
+        self,
+        update_stats: Callable[[list[Tensor], Tensor | None], None] | None = None,
+        change_only: bool = False,
     ) -> None:
         stats: Tensor | None = None
         try:
-            stats = self._apply_update(update_stats is not None)
+            stats = self._apply_update(update_stats is not None, change_only)
         finally:
             if update_stats is not None:
                 update_stats(self._params, stats)
 
-    def _apply_update(self, want_stats: bool) -> Tensor | None:
+    def _apply_update(self, want_stats: bool, change_only: bool = False) -> Tensor | None:
         """The optimizer step; with ``want_stats`` and :meth:`gives_stats`, by ``csrc/update.cpp``
-        with the parameters' sums, which it returns (else None)."""
+        with the parameters' sums, which it returns (else None); ``change_only``: Adam fills
+        only Σ(Δθ)² (see :meth:`try_fast`)."""
         opt = self.optimizer
         group = opt.param_groups[0]
         want_stats = want_stats and self.gives_stats()
@@ -1065,6 +1072,7 @@ class FastStep:
                 weight_decay=float(group["weight_decay"]),
                 decoupled=bool(group.get("decoupled_weight_decay", False)),
                 stats=True,
+                change_only=change_only,
             )
             opt._opt_called = True  # type: ignore[attr-defined]
             return stats

@@ -504,6 +504,7 @@ def _fit(
                     ignore_hooks_of=watcher,
                     before=observer.pass_step,
                     update_stats=observer.updated,
+                    change_only=True,  # only the update's norm: the record's update ratio
                 )
             else:
                 out = fast_only.try_fast(x, y, ignore_hooks_of=watcher, before=watcher.pass_step)

@@ -27,7 +27,7 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
                      const std::vector<at::Tensor>& exp_avgs,
                      const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
                      double lr, double beta1, double beta2, double eps, double weight_decay,
-                     bool decoupled, bool stats);
+                     bool decoupled, bool stats, bool change_only);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_backward", &forward_backward, py::arg("x"), py::arg("labels"), py::arg("ops"),
@@ -53,7 +53,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adam_step", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
         py::arg("exp_avg_sqs"), py::arg("steps"), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
-        py::arg("stats"),
+        py::arg("stats"), py::arg("change_only") = false,
         "Adam/AdamW update, with the parameters' and the update's sums when asked "
         "(csrc/update.cpp)");
 }

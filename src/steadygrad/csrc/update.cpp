@@ -105,7 +105,9 @@ inline void adam_one(V& p, V g, V& m, V& v, const Scalars& s) {
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
 }
 
-// One block [begin, end) of one tensor; stats (5 doubles) when wanted.
+// One block [begin, end) of one tensor; stats (5 doubles) when wanted: all five sums, or with
+// kChangeOnly only Σ(Δθ)² (the others left 0), which costs one accumulator instead of five.
+template <bool kChangeOnly>
 void update_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                   float* __restrict__ v, int64_t begin, int64_t end, const Scalars& s,
                   double* stats) {
@@ -121,7 +123,14 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     store8(m + i, mv);
     store8(v + i, vv);
     store8(p + i, pv);
-    if (stats != nullptr) sums.add(old, grad, pv);
+    if (stats != nullptr) {
+      if (kChangeOnly) {
+        const v8f d = pv - old;
+        sums.a4 += d * d;
+      } else {
+        sums.add(old, grad, pv);
+      }
+    }
   }
   for (; i < end; ++i) {
     const float old = p[i], grad = g[i];
@@ -132,7 +141,11 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     m[i] = mv;
     v[i] = vv;
     p[i] = pv;
-    sums.add(old, grad, pv);
+    if (kChangeOnly) {
+      sums.t4 += (pv - old) * (pv - old);
+    } else {
+      sums.add(old, grad, pv);
+    }
   }
   if (stats != nullptr) sums.write(stats);
 }
@@ -166,12 +179,14 @@ void over_blocks(int64_t size, double* row, const Block& block) {
 
 // One Adam/AdamW step of every parameter (their step counters already advanced: ``steps``,
 // float, one per parameter). With ``stats``: returns a float64 (n, 5) tensor of Σθ, Σθ², Σg, Σg²
-// (before the update; g the raw gradient) and Σ(θ_new − θ_old)² per parameter; else an empty one.
+// (before the update; g the raw gradient) and Σ(θ_new − θ_old)² per parameter (with
+// ``change_only`` only the last, the others 0: the update's norm a monitor needs on the step
+// before a recorded one); else an empty one.
 at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                      const std::vector<at::Tensor>& exp_avgs,
                      const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
                      double lr, double beta1, double beta2, double eps, double weight_decay,
-                     bool decoupled, bool stats) {
+                     bool decoupled, bool stats, bool change_only) {
   const int64_t n = static_cast<int64_t>(params.size());
   TORCH_CHECK(grads.size() == params.size() && exp_avgs.size() == params.size() &&
                   exp_avg_sqs.size() == params.size() && steps.numel() == n,
@@ -205,7 +220,11 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
     float* vp = exp_avg_sqs[k].data_ptr<float>();
     over_blocks(p.numel(), stats ? out.data_ptr<double>() + k * kStats : nullptr,
                 [&](int64_t begin, int64_t end, double* sums) {
-                  update_block(pp, gp, mp, vp, begin, end, s, sums);
+                  if (change_only) {
+                    update_block<true>(pp, gp, mp, vp, begin, end, s, sums);
+                  } else {
+                    update_block<false>(pp, gp, mp, vp, begin, end, s, sums);
+                  }
                 });
   }
   return out;
