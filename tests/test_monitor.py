@@ -10,6 +10,7 @@ dead units), weights copied before and after each optimizer step (update ratios)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import math
@@ -1155,3 +1156,16 @@ def test_records_are_serialised_in_batches_in_order_and_all_written_at_close(
     lines = (tmp_path / "monitor.jsonl").read_text().splitlines()
     assert lines[1:] == [r.to_json() for r in records]
     assert [json.loads(line)["step"] for line in lines[1:]] == [r.step for r in records]
+
+
+def test_layer_stats_is_the_constructor_without_its_cost() -> None:
+    from steadygrad.monitor._records import LAYER_STATS_KEYS, LayerStats, layer_stats
+
+    values = ("a", "Linear", 2, "elu", *[0.5 + k for k in range(13)], 1, 2)
+    made = layer_stats(*values)
+    assert made == LayerStats(*values) and hash(made) == hash(LayerStats(*values))
+    assert made.to_dict() == dict(zip(LAYER_STATS_KEYS, values, strict=True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.dead = 0.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match="layer_stats takes 19 values; got 2"):
+        layer_stats("a", "Linear")

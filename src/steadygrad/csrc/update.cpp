@@ -105,12 +105,18 @@ inline void adam_one(V& p, V g, V& m, V& v, const Scalars& s) {
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
 }
 
-// One block [begin, end) of one tensor; stats (5 doubles) when wanted: all five sums, or with
-// kChangeOnly only Σ(Δθ)² (the others left 0), which costs one accumulator instead of five.
-template <bool kChangeOnly>
+// Which sums an update pass takes: none, Σ(Δθ)² alone (one accumulator instead of five: the
+// update's norm), or all five.
+enum Sums : int { kNoSums = 0, kChangeOnly = 1, kAllSums = 2 };
+
+// One block [begin, end) of one tensor; its sums (5 doubles; those not taken left 0) into
+// stats, which is null exactly when kSums is kNoSums. The scalars are copied in: read through
+// the reference, GCC reloaded them on every vector (the stores through p, m, v might alias).
+template <int kSums>
 void update_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                  float* __restrict__ v, int64_t begin, int64_t end, const Scalars& s,
+                  float* __restrict__ v, int64_t begin, int64_t end, const Scalars& scalars,
                   double* stats) {
+  const Scalars s = scalars;
   const v8f step_size = splat(s.step_size), bc2 = splat(s.bc2_sqrt), eps = splat(s.eps);
   BlockSums sums;
   int64_t i = begin;
@@ -123,13 +129,11 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     store8(m + i, mv);
     store8(v + i, vv);
     store8(p + i, pv);
-    if (stats != nullptr) {
-      if (kChangeOnly) {
-        const v8f d = pv - old;
-        sums.a4 += d * d;
-      } else {
-        sums.add(old, grad, pv);
-      }
+    if (kSums == kChangeOnly) {
+      const v8f d = pv - old;
+      sums.a4 += d * d;
+    } else if (kSums == kAllSums) {
+      sums.add(old, grad, pv);
     }
   }
   for (; i < end; ++i) {
@@ -141,13 +145,13 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     m[i] = mv;
     v[i] = vv;
     p[i] = pv;
-    if (kChangeOnly) {
+    if (kSums == kChangeOnly) {
       sums.t4 += (pv - old) * (pv - old);
-    } else {
+    } else if (kSums == kAllSums) {
       sums.add(old, grad, pv);
     }
   }
-  if (stats != nullptr) sums.write(stats);
+  if (kSums != kNoSums) sums.write(stats);
 }
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* what) {
@@ -220,10 +224,12 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
     float* vp = exp_avg_sqs[k].data_ptr<float>();
     over_blocks(p.numel(), stats ? out.data_ptr<double>() + k * kStats : nullptr,
                 [&](int64_t begin, int64_t end, double* sums) {
-                  if (change_only) {
-                    update_block<true>(pp, gp, mp, vp, begin, end, s, sums);
+                  if (sums == nullptr) {
+                    update_block<kNoSums>(pp, gp, mp, vp, begin, end, s, sums);
+                  } else if (change_only) {
+                    update_block<kChangeOnly>(pp, gp, mp, vp, begin, end, s, sums);
                   } else {
-                    update_block<false>(pp, gp, mp, vp, begin, end, s, sums);
+                    update_block<kAllSums>(pp, gp, mp, vp, begin, end, s, sums);
                   }
                 });
   }

@@ -94,6 +94,18 @@ LAYER_STATS_KEYS: Final[tuple[str, ...]] = tuple(f.name for f in dataclasses.fie
 """The JSON keys of a :class:`LayerStats`, in order."""
 
 
+def layer_stats(*values: Any) -> LayerStats:
+    """``LayerStats(*values)``, made as unpickling makes a dataclass: the fields set in the
+    instance's ``__dict__`` at once. The frozen ``__init__`` sets its 19 fields one
+    ``object.__setattr__`` at a time (5 µs against 1.5 µs here), and the monitor makes one per
+    layer on every recorded step. The values are taken as given (the monitor's own numbers)."""
+    if len(values) != len(LAYER_STATS_KEYS):
+        raise TypeError(f"layer_stats takes {len(LAYER_STATS_KEYS)} values; got {len(values)}")
+    stats = object.__new__(LayerStats)
+    stats.__dict__.update(zip(LAYER_STATS_KEYS, values, strict=True))
+    return stats
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """A monitored layer as listed in the header: module path, class, depth, activation, shape."""

@@ -46,6 +46,7 @@ from steadygrad.monitor._records import (
     LayerStats,
     StepRecord,
     header_dict,
+    layer_stats,
 )
 
 SATURATION_FRACTION: Final = 0.1
@@ -1358,13 +1359,12 @@ class Monitor:
                 and (given is None or not self._finalize_kept(state, plan, tensors, given, rows))
             ):
                 self._finalize_kept_slowly(state, plan, tensors, given)
-        if stats is not None and self.records_next_step():
+        if given is not None and self.records_next_step():
             self._snapshot = None  # the sums replace the copy (if one was taken)
-            at = {id(p): k for k, p in enumerate(params)}
             for slot in self._slots.values():
-                k = at.get(id(slot.weight()), -1)
-                if k >= 0:
-                    self._pending_updates[slot] = rows[k][4]
+                found = given.get(id(slot.weight()))
+                if found is not None:
+                    self._pending_updates[slot] = rows[found[1]][4]
 
     def _finalize_kept(
         self,
@@ -1663,27 +1663,11 @@ def _layer_record(
     name = activation.name if activation is not None else None
     slot.activation = name
     assert slot.depth is not None
-    return LayerStats(
-        name=slot.name,
-        kind=slot.kind,
-        depth=slot.depth,
-        activation=name,
-        pre_mean=pre[0],
-        pre_std=pre[1],
-        act_mean=act[0],
-        act_std=act[1],
-        saturated=saturated,
-        dead=dead,
-        grad_out_std=grad[0],
-        grad_out_norm=grad[1],
-        weight_std=weight_std,
-        weight_grad_std=weight_grad[0],
-        weight_grad_norm=weight_grad[1],
-        update_ratio=update_ratio,
-        recommended_std=recommended,
-        nan=nan,
-        inf=inf,
-    )
+    return layer_stats(  # LayerStats's fields, in order
+        slot.name, slot.kind, slot.depth, name, pre[0], pre[1], act[0], act[1], saturated, dead,
+        grad[0], grad[1], weight_std, weight_grad[0], weight_grad[1], update_ratio, recommended,
+        nan, inf,
+    )  # fmt: skip
 
 
 def _update_ratio(squared_change: float, weight_norm: float) -> float | None:
