@@ -792,8 +792,8 @@ class FastStep:
         with the parameters' sums (:meth:`StepObserver.updated`) where :meth:`gives_stats`
         held, else with None; a step given both may skip the replay (:meth:`StepObserver.kept`).
         ``change_only``: only the sums' last column, Σ(Δθ)², is wanted (a monitor's update ratio,
-        on the step before a recorded one); Adam's update then leaves the others 0 and costs
-        one accumulator instead of five."""
+        on the step before a recorded one); Adam's update then gives the others as NaN and
+        costs one accumulator instead of five."""
         self.last_correct = None
         reason = self._fallback_reason(x, y, ignore_hooks_of)
         if reason is not None:
@@ -1032,7 +1032,7 @@ class FastStep:
     def _apply_update(self, want_stats: bool, change_only: bool = False) -> Tensor | None:
         """The optimizer step; with ``want_stats`` and :meth:`gives_stats`, by ``csrc/update.cpp``
         with the parameters' sums, which it returns (else None); ``change_only``: Adam fills
-        only Σ(Δθ)² (see :meth:`try_fast`)."""
+        only Σ(Δθ)², the others NaN (see :meth:`try_fast`)."""
         opt = self.optimizer
         group = opt.param_groups[0]
         want_stats = want_stats and self.gives_stats()

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -106,10 +107,10 @@ inline void adam_one(V& p, V g, V& m, V& v, const Scalars& s) {
 }
 
 // Which sums an update pass takes: none, Σ(Δθ)² alone (one accumulator instead of five: the
-// update's norm), or all five.
+// update's norm; the other four come back NaN), or all five.
 enum Sums : int { kNoSums = 0, kChangeOnly = 1, kAllSums = 2 };
 
-// One block [begin, end) of one tensor; its sums (5 doubles; those not taken left 0) into
+// One block [begin, end) of one tensor; its sums (5 doubles; those not taken NaN) into
 // stats, which is null exactly when kSums is kNoSums. The scalars are copied in: read through
 // the reference, GCC reloaded them on every vector (the stores through p, m, v might alias).
 template <int kSums>
@@ -152,6 +153,9 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     }
   }
   if (kSums != kNoSums) sums.write(stats);
+  if (kSums == kChangeOnly) {  // not taken: NaN, so that no caller can read them as sums
+    for (int j = 0; j < 4; ++j) stats[j] = std::numeric_limits<double>::quiet_NaN();
+  }
 }
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* what) {
@@ -184,7 +188,7 @@ void over_blocks(int64_t size, double* row, const Block& block) {
 // One Adam/AdamW step of every parameter (their step counters already advanced: ``steps``,
 // float, one per parameter). With ``stats``: returns a float64 (n, 5) tensor of Σθ, Σθ², Σg, Σg²
 // (before the update; g the raw gradient) and Σ(θ_new − θ_old)² per parameter (with
-// ``change_only`` only the last, the others 0: the update's norm a monitor needs on the step
+// ``change_only`` only the last, the others NaN: the update's norm a monitor needs on the step
 // before a recorded one); else an empty one.
 at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                      const std::vector<at::Tensor>& exp_avgs,
