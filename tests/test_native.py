@@ -891,6 +891,42 @@ def test_kept_records_take_the_slow_path_where_sums_do_not_suffice(tmp_path: Any
     assert _stats.sufficient(4.0, 4.0 + 1e-6, 4) is False  # var ≪ mean²: cancellation
 
 
+def test_kept_records_whose_sums_record_stats_flags_take_the_slow_path(tmp_path: Any) -> None:
+    """``record_stats`` flags sums that cancel; here every sum does (CANCELLATION raised so that
+    var < CANCELLATION · mean² always holds), so each kept step is declined by the native call
+    itself and recorded by _finalize's precise pass: the records still equal the replayed."""
+    from steadygrad.monitor import _stats, _watch
+
+    build = KEPT_MODELS["elu, BatchNorm before"]
+    slow_calls = {"n": 0}
+    slowly = _watch.Monitor._finalize_kept_slowly
+
+    def counting(self: Any, *args: Any) -> None:
+        slow_calls["n"] += 1
+        slowly(self, *args)
+
+    flagged = _monitored_fit(
+        build,
+        2,
+        tmp_path / "flagged",
+        {
+            (_stats, "CANCELLATION"): 1e30,
+            (_watch.Monitor, "_finalize_kept_slowly"): counting,
+        },
+    )
+    replayed = _monitored_fit(
+        build,
+        2,
+        tmp_path / "replayed",
+        {
+            (_stats, "CANCELLATION"): 1e30,
+            (_watch._FastObserver, "kept"): lambda self, key, tensors: False,
+        },
+    )
+    assert slow_calls["n"] == len(flagged.records) - 1  # all but the first (replayed) step
+    _same_records(flagged, replayed)
+
+
 def test_update_ratios_from_the_updates_sums_equal_the_snapshots(tmp_path: Any) -> None:
     """With the native Adam's sums the monitor takes no copy of the weights: the update ratios
     equal those measured from a copy (torch's fused Adam, replayed steps; the two Adams round

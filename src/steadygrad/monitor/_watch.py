@@ -1210,8 +1210,10 @@ class Monitor:
                 if row is not None:  # Σθ, Σθ², Σg, Σg² from the update's own pass
                     sums, k = row
                     n = weight.numel()
+                    # No tensor to recompute θ's moments from where the sums do not suffice:
+                    # the update has changed W since (its gradient it leaves as it was).
                     entry.weight = _stats.Moments(
-                        n, batch.add(sums[k, 0]), batch.add(sums[k, 1]), weight
+                        n, batch.add(sums[k, 0]), batch.add(sums[k, 1]), None
                     )
                     entry.weight_grad = _stats.Moments(
                         n, batch.add(sums[k, 2]), batch.add(sums[k, 3]), weight.grad
