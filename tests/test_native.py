@@ -198,6 +198,38 @@ def test_fifty_steps_track_the_python_step(name: str) -> None:
             torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=n)
 
 
+def test_replaced_buffers_and_relinked_gradients_reach_the_kernel() -> None:
+    """The kernel's argument list is reused between steps (``_NativeChain._arguments_now``);
+    a BatchNorm buffer assigned anew and gradients set to None mid-training must reach it:
+    the native and the Python steps stay equal, and the old buffer is no longer written."""
+    a, step_a, b, step_b = pair(mlp)
+    data = batches(6)
+    for x, y in data[:2]:
+        step_a(x, y)
+        step_b(x, y)
+    bn_a = next(m for m in a.modules() if isinstance(m, models.BatchNorm))
+    bn_b = next(m for m in b.modules() if isinstance(m, models.BatchNorm))
+    old = bn_a.running_mean
+    bn_a.running_mean = torch.zeros_like(old)
+    bn_b.running_mean = torch.zeros_like(bn_b.running_mean)
+    before = old.clone()
+    for model in (a, b):
+        for param in model.parameters():
+            param.grad = None  # zero_grad(set_to_none=True): the step relinks new tensors
+    for x, y in data[2:]:
+        step_a(x, y)
+        step_b(x, y)
+    assert step_a.native_calls == 6
+    assert torch.equal(old, before)  # the replaced buffer is not written any more
+    assert bn_a.running_mean.abs().sum() > 0  # the new one is
+    torch.testing.assert_close(bn_a.running_mean, bn_b.running_mean, atol=1e-5, rtol=1e-5)
+    gauge = gauge_params(a)
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert p.grad is not None
+        if n not in gauge:
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=n)
+
+
 def test_two_threads_equal_one() -> None:
     """Columns are split between threads; each column's sums keep their order."""
     a, step_a, _b, _step_b = pair(lambda: mlp("elu"))
