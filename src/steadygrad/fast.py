@@ -479,7 +479,6 @@ class _NativeChain:
                     gradients[part] = grad
         return out[0], out[1], out[2], outputs, gradients
 
-
     def _arguments_now(self) -> list[Tensor | None]:
         """The kernel's tensor arguments, six per op: a Linear's W, b, ∂W, ∂b; a BatchNorm's γ, β,
         ∂γ, ∂β and moving mean and variance (None where absent).
