@@ -911,6 +911,14 @@ def test_log_loss_and_probe_errors() -> None:
             mon.log_loss("0.5")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=r"loss must be a scalar tensor; got shape \(2,\)"):
             mon.log_loss(torch.ones(2))
+        with pytest.raises(TypeError, match="loss must be a scalar tensor or a number; got bool"):
+            mon.log_loss(True)
+        # a tensor subclass takes the general checks
+        with pytest.raises(ValueError, match=r"loss must be a scalar tensor; got shape \(3,\)"):
+            mon.log_loss(nn.Parameter(torch.ones(3)))
+        mon.log_loss(nn.Parameter(torch.ones(())))
+        mon.log_loss(torch.ones(1, 1))
+        mon.log_loss(2)
     with pytest.raises(TypeError, match="batch must be an input tensor x or a pair"):
         monitor.probe(nn.Linear(2, 2), [torch.ones(1, 2)] * 3)
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module; got int"):

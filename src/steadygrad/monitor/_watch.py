@@ -49,6 +49,8 @@ from steadygrad.monitor._records import (
     layer_stats,
 )
 
+_LOSS_TYPES: Final = (torch.Tensor, int, float)
+
 SATURATION_FRACTION: Final = 0.1
 """A unit is saturated where f'(z) < 0.1 · max f' (``Activation.saturation_region(0.1)``)."""
 
@@ -519,9 +521,12 @@ class Monitor:
         it reads the loss (a host synchronisation, on that step only) and writes the record.
         Called before the backward pass, the loss is read together with the statistics.
         """
-        if isinstance(loss, bool) or not isinstance(loss, torch.Tensor | int | float):
+        if loss.__class__ is torch.Tensor:  # the common case first: called on every step
+            if loss.numel() != 1:
+                raise ValueError(f"loss must be a scalar tensor; got shape {tuple(loss.shape)}")
+        elif isinstance(loss, bool) or not isinstance(loss, _LOSS_TYPES):
             raise TypeError(f"loss must be a scalar tensor or a number; got {type(loss).__name__}")
-        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+        elif isinstance(loss, torch.Tensor) and loss.numel() != 1:
             raise ValueError(f"loss must be a scalar tensor; got shape {tuple(loss.shape)}")
         if self._closed or self._broken:
             return
@@ -794,7 +799,8 @@ class Monitor:
             self._arm()
         else:
             self._state = None
-            self._pending_updates = {}
+            if self._pending_updates:
+                self._pending_updates = {}
 
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._emulating = False  # a real forward: nothing is being replayed
