@@ -14,8 +14,11 @@ import json
 import os
 import platform
 import resource
+import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +254,28 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that ran: ``python -m benchmarks.<module>`` and its arguments (``argv``, or the
+    process's own when None), shell-quoted, for the RESULTS.md entries."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"python -m benchmarks.{module} {shlex.join(args)}".strip()
+
+
+def section_head(title: str, started: datetime, command: str, torch_note: str = "") -> list[str]:
+    """The first lines of a dated RESULTS.md section: its heading, the command and the machine
+    (``torch_note`` follows the torch version, e.g. the thread count)."""
+    import torch
+
+    info = machine_info()
+    return [
+        f"## {started.strftime('%Y-%m-%d %H:%M UTC')} — {title}",
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {info['cpu']}, {info['logical_cores']} logical cores, load average "
+        f"{info['load_average']} at the end; torch {torch.__version__}{torch_note}.",
+    ]
 
 
 def machine_info() -> dict[str, Any]:

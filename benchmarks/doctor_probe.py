@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import cpu_model
+from benchmarks.common import command_line, cpu_model
 from steadygrad import doctor, models
 from steadygrad.errors import DataError
 
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---|",
         *(f"| {name} | {seconds:.3f} | {verdict} |" for name, seconds, verdict in rows),
     ]
-    command = "python -m benchmarks.doctor_probe " + shlex.join(argv or sys.argv[1:])
+    command = command_line("doctor_probe", argv)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = [
         f"### {stamp}",

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from benchmarks.common import (
     RunResult,
     RunSpec,
     check_runner,
+    command_line,
     epoch_flops,
     machine_info,
     naive_epoch_flops,
@@ -551,8 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     meta = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m benchmarks.epoch "
-        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": command_line("epoch", argv),
         "machine": machine_info(),
         "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()],

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import shlex
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import WIDTHS, machine_info
+from benchmarks.common import WIDTHS, command_line, section_head
 from benchmarks.epoch import RESULTS, append_results
 
 BLOCK_SECONDS = 0.02
@@ -138,17 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(t)
         for b in batches:
             rows.append((t, b, measure(b, args.blocks)))
-    info = machine_info()
-    command = "python -m benchmarks.gemm " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
+    command = command_line("gemm", argv)
     section = "\n".join(
         [
-            f"## {started.strftime('%Y-%m-%d %H:%M UTC')} — GEMM: csrc/gemm.h against MKL",
-            "",
-            f"- Command: `{command}`",
-            f"- Machine: {info['cpu']}, {info['logical_cores']} logical cores, load average "
-            f"{info['load_average']} at the end; torch {torch.__version__}.",
+            *section_head("GEMM: csrc/gemm.h against MKL", started, command),
             "- The eight products of one step of the reference network, alternating blocks of "
             f"~{BLOCK_SECONDS * 1e3:.0f} ms, {args.blocks} per side.",
             "",

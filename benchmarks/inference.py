@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine_info
+from benchmarks.common import command_line, section_head
 from benchmarks.epoch import RESULTS, append_results
 
 VARIANTS = ("folded", "no-bn", "unfolded")
@@ -178,18 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     error = fold_error(variants, images[:1000])
     started = datetime.datetime.now(datetime.UTC)
     results = {b: measure(variants, images[:b].clone(), seconds) for b in batch_sizes}
-    info = machine_info()
-    command = "python -m benchmarks.inference " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
+    command = command_line("inference", argv)
     section = "\n".join(
         [
-            f"## {started.strftime('%Y-%m-%d %H:%M UTC')} — inference latency",
-            "",
-            f"- Command: `{command}`",
-            f"- Machine: {info['cpu']}, {info['logical_cores']} logical cores, load average "
-            f"{info['load_average']} at the end; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; `torch.inference_mode()`.",
+            *section_head(
+                "inference latency",
+                started,
+                command,
+                f", {torch.get_num_threads()} threads; `torch.inference_mode()`",
+            ),
             f"- Reference network (784-300-100-10, BatchNorm + ELU), eval mode, moving "
             f"statistics from 20 train-mode batches of Fashion-MNIST. max |folded − unfolded| "
             f"on 1,000 images: {error:.2e}.",

@@ -35,9 +35,7 @@ import argparse
 import contextlib
 import functools
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import command_line
 from steadygrad import data, models, monitor
 from steadygrad.data import Dataset, Split
 from steadygrad.train import TrainConfig, fit
@@ -245,10 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     text, _ = table(times, args.steps)
     print(text)
     if not args.no_append:
-        command = "python -m benchmarks.monitor_overhead " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
-        append_results(text, command.strip())
+        command = command_line("monitor_overhead", argv)
+        append_results(text, command)
         print(f"appended to {RESULTS}")
     return 0
 

@@ -25,9 +25,7 @@ table is printed and appended to ``benchmarks/RESULTS.md`` under "Monitor profil
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import command_line
 from benchmarks.monitor_overhead import append_results
 from steadygrad import models, monitor
 from steadygrad.monitor import _stats, _watch
@@ -191,10 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(measure(args.steps, args.repeats))
     print(text)
     if not args.no_append:
-        command = "python -m benchmarks.monitor_profile " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
-        append_results(text, command.strip(), HEADING)
+        command = command_line("monitor_profile", argv)
+        append_results(text, command, HEADING)
     return 0
 
 

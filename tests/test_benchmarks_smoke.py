@@ -431,3 +431,20 @@ def test_gemm_benchmark_times_both_sides_of_the_same_products(
     with pytest.raises(SystemExit):
         gemm.main(["--threads", "0"])
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_command_line_and_section_head() -> None:
+    import datetime
+
+    from benchmarks.common import command_line, section_head
+
+    assert command_line("gemm", []) == "python -m benchmarks.gemm"
+    assert command_line("epoch", ["--note", "a b"]) == "python -m benchmarks.epoch --note 'a b'"
+    started = datetime.datetime(2026, 11, 27, 16, 5, tzinfo=datetime.UTC)
+    head = section_head("GEMM", started, "python -m benchmarks.gemm", ", 2 threads")
+    assert head[:3] == [
+        "## 2026-11-27 16:05 UTC — GEMM",
+        "",
+        "- Command: `python -m benchmarks.gemm`",
+    ]
+    assert head[3].startswith("- Machine: ") and head[3].endswith(", 2 threads.")

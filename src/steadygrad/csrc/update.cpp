@@ -53,33 +53,54 @@ inline v8f sqrt8(v8f v) {
   return v;
 }
 
-// Σθ, Σθ², Σg, Σg², Σ(Δθ)² of one block: 8 float32 lanes for the vector part, scalars for the
-// tail, added into float64 at the end (the block is 512 entries).
-struct BlockSums {
-  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {};
-  float t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
-  inline void add(v8f old, v8f grad, v8f now) {
-    const v8f d = now - old;
-    a0 += old;
-    a1 += old * old;
-    a2 += grad;
-    a3 += grad * grad;
-    a4 += d * d;
+// Which sums an update pass takes: none, Σ(Δθ)² alone (one accumulator instead of five: the
+// update's norm; the other four come back NaN), or all five.
+enum Sums : int { kNoSums = 0, kChangeOnly = 1, kAllSums = 2 };
+
+// Σθ, Σθ², Σg, Σg², Σ(Δθ)² in lanes of T: v8f for a block's vector part, float for its tail.
+// Named members, not an array: GCC keeps these in registers in the update's loop.
+template <typename T>
+struct Sums5 {
+  T s0 = {}, s1 = {}, s2 = {}, s3 = {}, s4 = {};
+  template <int kSums>
+  inline void add(T old, T grad, T now) {
+    if (kSums == kAllSums) {
+      s0 += old;
+      s1 += old * old;
+      s2 += grad;
+      s3 += grad * grad;
+    }
+    if (kSums != kNoSums) {
+      const T d = now - old;
+      s4 += d * d;
+    }
   }
-  inline void add(float old, float grad, float now) {
-    const float d = now - old;
-    t0 += old;
-    t1 += old * old;
-    t2 += grad;
-    t3 += grad * grad;
-    t4 += d * d;
+};
+
+// The sums of one block (512 entries): float32 lanes within it, float64 when written; the sums
+// not taken are written as NaN, so that no caller can read them as sums.
+template <int kSums>
+struct BlockSums {
+  Sums5<v8f> vec;
+  Sums5<float> tail;
+  template <typename V>
+  inline void add(V old, V grad, V now) {
+    if constexpr (sizeof(V) == sizeof(v8f)) {
+      vec.template add<kSums>(old, grad, now);
+    } else {
+      tail.template add<kSums>(old, grad, now);
+    }
   }
   void write(double* stats) const {
-    stats[0] = hsum(a0) + t0;
-    stats[1] = hsum(a1) + t1;
-    stats[2] = hsum(a2) + t2;
-    stats[3] = hsum(a3) + t3;
-    stats[4] = hsum(a4) + t4;
+    stats[4] = hsum(vec.s4) + tail.s4;
+    if (kSums == kAllSums) {
+      stats[0] = hsum(vec.s0) + tail.s0;
+      stats[1] = hsum(vec.s1) + tail.s1;
+      stats[2] = hsum(vec.s2) + tail.s2;
+      stats[3] = hsum(vec.s3) + tail.s3;
+    } else {
+      for (int j = 0; j < 4; ++j) stats[j] = std::numeric_limits<double>::quiet_NaN();
+    }
   }
 };
 
@@ -106,10 +127,6 @@ inline void adam_one(V& p, V g, V& m, V& v, const Scalars& s) {
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
 }
 
-// Which sums an update pass takes: none, Σ(Δθ)² alone (one accumulator instead of five: the
-// update's norm; the other four come back NaN), or all five.
-enum Sums : int { kNoSums = 0, kChangeOnly = 1, kAllSums = 2 };
-
 // One block [begin, end) of one tensor; its sums (5 doubles; those not taken NaN) into
 // stats, which is null exactly when kSums is kNoSums. The scalars are copied in: read through
 // the reference, GCC reloaded them on every vector (the stores through p, m, v might alias).
@@ -119,7 +136,7 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
                   double* stats) {
   const Scalars s = scalars;
   const v8f step_size = splat(s.step_size), bc2 = splat(s.bc2_sqrt), eps = splat(s.eps);
-  BlockSums sums;
+  BlockSums<kSums> sums;
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const v8f old = load8(p + i), grad = load8(g + i);
@@ -130,12 +147,7 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     store8(m + i, mv);
     store8(v + i, vv);
     store8(p + i, pv);
-    if (kSums == kChangeOnly) {
-      const v8f d = pv - old;
-      sums.a4 += d * d;
-    } else if (kSums == kAllSums) {
-      sums.add(old, grad, pv);
-    }
+    sums.add(old, grad, pv);
   }
   for (; i < end; ++i) {
     const float old = p[i], grad = g[i];
@@ -146,16 +158,9 @@ void update_block(float* __restrict__ p, const float* __restrict__ g, float* __r
     m[i] = mv;
     v[i] = vv;
     p[i] = pv;
-    if (kSums == kChangeOnly) {
-      sums.t4 += (pv - old) * (pv - old);
-    } else if (kSums == kAllSums) {
-      sums.add(old, grad, pv);
-    }
+    sums.add(old, grad, pv);
   }
   if (kSums != kNoSums) sums.write(stats);
-  if (kSums == kChangeOnly) {  // not taken: NaN, so that no caller can read them as sums
-    for (int j = 0; j < 4; ++j) stats[j] = std::numeric_limits<double>::quiet_NaN();
-  }
 }
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* what) {
@@ -258,7 +263,7 @@ inline V sgd_direction(V p, V g, V* b, const SgdScalars& s) {
 
 void sgd_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ b,
                int64_t begin, int64_t end, const SgdScalars& s, double* stats) {
-  BlockSums sums;
+  BlockSums<kAllSums> sums;
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const v8f old = load8(p + i), grad = load8(g + i);
