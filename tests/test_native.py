@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad import models, native
+from steadygrad import fast, models, native
 from steadygrad.fast import FastStep, make_step
 from steadygrad.nn import BatchNorm
 from steadygrad.train import TrainConfig, fit
@@ -304,20 +304,21 @@ def test_fit_uses_the_kernels_and_trains_like_the_python_step() -> None:
     )
     # device="cpu": the kernels are CPU-only, and fit would pick a GPU where there is one
     cfg = dict(epochs=3, batch_size=20, lr=1e-2, progress=False, out=None, device="cpu")
-    calls: list[int] = []
-    original = FastStep.try_fast
+    steps: list[FastStep] = []
+    original = fast.make_step
 
-    def counting(self: FastStep, *args: Any, **kwargs: Any) -> Any:
-        out = original(self, *args, **kwargs)
-        calls.append(self.native_calls)
-        return out
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        step = original(*args, **kwargs)
+        steps.append(step)
+        return step
 
     a, b = mlp(), mlp()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(FastStep, "try_fast", counting)
+        mp.setattr(fast, "make_step", keeping)
         ha = fit(a, data, TrainConfig(**cfg, native=True))  # type: ignore[arg-type]
     hb = fit(b, data, TrainConfig(**cfg, native=False))  # type: ignore[arg-type]
-    assert calls and calls[-1] == 60  # every step of the 3 epochs
+    (step,) = steps
+    assert step.native_calls == step.fast_calls == 60  # every step of the 3 epochs
     for ra, rb in zip(ha, hb, strict=True):
         assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4
         # evaluation uses the moving means, which include the gauge biases (see the module

@@ -113,6 +113,8 @@ _FUSED_DTYPES: Final = (torch.float32, torch.float64)
 # csrc/chain.cpp's op and activation codes
 _NATIVE_LINEAR, _NATIVE_BATCHNORM, _NATIVE_ACTIVATION = 0, 1, 2
 _NATIVE_NONE, _NATIVE_RELU, _NATIVE_LEAKY, _NATIVE_ELU = -1, 0, 1, 2
+# csrc/loop.cpp's optimizer updates
+_LOOP_ADAM, _LOOP_ADAMW, _LOOP_SGD_PLAIN, _LOOP_SGD_FUSED = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------- layers
@@ -879,6 +881,100 @@ class FastStep:
                 observer.backward_done()
             self._update(update_stats, change_only)
         return loss, logits
+
+    def train_steps(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        perm: Tensor,
+        bounds: Sequence[tuple[int, int]],
+        loss_sum: Tensor,
+        correct: Tensor,
+        *,
+        ignore_hooks_of: object | None = None,
+    ) -> int:
+        """Take the steps whose batches are ``perm[lo:hi]`` of ``(images, labels)`` for each
+        ``(lo, hi)`` of ``bounds``, in order, in one native call (``csrc/loop.cpp``); return how
+        many it took, 0 where it cannot (nothing done): the caller takes the rest one by one.
+
+        Each step equals ``self(images[perm[lo:hi]], labels[perm[lo:hi]])`` to float rounding,
+        and adds ``m · loss`` to ``loss_sum`` (float64, 0-d) and the batch's right argmaxes to
+        ``correct`` (int64, 0-d), as ``fit``'s epoch sums do. Where the per-step path would
+        differ from the kernel's (an index or label out of range, a batch of one with BatchNorm
+        in train mode) the call stops before that step. It applies where the native chain does,
+        with Adam/AdamW or SGD on the fused kernels (:meth:`_fused_ok`), no hooks other than
+        ``ignore_hooks_of``'s, and float32 inputs on the CPU. Between steps nothing returns to
+        Python: no hook, scheduler or callback can run, so the caller uses it only for steps that
+        need none.
+        """
+        native = self._native
+        if native is None or not bounds or not hasattr(self._kernels, "train_steps"):
+            return 0
+        if any(hi - lo < 2 for lo, hi in bounds) and any(
+            bn.module.training for bn in self._batch_norms
+        ):
+            return 0
+        if not all(bn.module.training or bn.always_batch_stats for bn in native.batch_norms):
+            return 0
+        if self._fallback_reason(images, labels, ignore_hooks_of) is not None:
+            return 0
+        opt = self.optimizer
+        group = opt.param_groups[0]
+        if not self._fused_ok(group) or self._first_momentum_step or self._dtype != torch.float32:
+            return 0
+        lr = float(group["lr"])
+        state: list[list[Tensor]]
+        if isinstance(opt, torch.optim.Adam):
+            beta1, beta2 = group["betas"]
+            update = _LOOP_ADAMW if group.get("decoupled_weight_decay", False) else _LOOP_ADAM
+            hyper = [lr, float(beta1), float(beta2), float(group["eps"])]
+            hyper += [float(group["weight_decay"]), float(group["amsgrad"])]
+            hyper += [float(group["maximize"])]
+            state = self._state_lists
+        else:
+            momentum = float(group["momentum"])
+            weight_decay = float(group["weight_decay"])
+            maximize = bool(group["maximize"])
+            if momentum == 0.0 and weight_decay == 0.0 and not maximize:
+                update, hyper, state = _LOOP_SGD_PLAIN, [lr], []
+            else:
+                update, state = _LOOP_SGD_FUSED, self._state_lists
+                hyper = [lr, momentum, float(group["dampening"]), weight_decay]
+                hyper += [float(group["nesterov"]), float(maximize)]
+        counters = []
+        for bn in self._batch_norms:
+            if bn.module.training:
+                tracked = bn.module._buffers.get("num_batches_tracked")
+                if tracked is not None:
+                    counters.append(tracked)
+        flat: list[int] = [i for pair in bounds for i in pair]
+        with torch.no_grad():
+            self._link_grads()
+            done: int = self._kernels.train_steps(
+                images,
+                labels,
+                perm,
+                flat,
+                native.ops,
+                native.scalars,
+                native._arguments_now(),
+                native.needs,
+                counters,
+                update,
+                hyper,
+                self._params,
+                self._grads,
+                state,
+                self._flat_steps,
+                loss_sum,
+                correct,
+            )
+        if done:
+            self.fast_calls += done
+            self.native_calls += done
+            self.last_correct = None
+            opt._opt_called = True  # type: ignore[attr-defined]
+        return done
 
     def _replay(
         self,

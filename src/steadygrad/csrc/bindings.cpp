@@ -28,6 +28,17 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
                      const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
                      double lr, double beta1, double beta2, double eps, double weight_decay,
                      bool decoupled, bool stats, bool change_only);
+int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& perm,
+                    const std::vector<int64_t>& bounds, const std::vector<int64_t>& ops,
+                    const std::vector<double>& scalars,
+                    const std::vector<std::optional<at::Tensor>>& tensors,
+                    const std::vector<bool>& needs_input_grad,
+                    const std::vector<at::Tensor>& counters, int64_t update,
+                    const std::vector<double>& hyper, const std::vector<at::Tensor>& params,
+                    const std::vector<at::Tensor>& grads,
+                    const std::vector<std::vector<at::Tensor>>& state,
+                    const at::Tensor& flat_steps, const at::Tensor& loss_sum,
+                    const at::Tensor& correct);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_backward", &forward_backward, py::arg("x"), py::arg("labels"), py::arg("ops"),
@@ -56,4 +67,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stats"), py::arg("change_only") = false,
         "Adam/AdamW update, with the parameters' and the update's sums when asked "
         "(csrc/update.cpp)");
+  // The GIL is released while the steps run (rich's refresh thread keeps drawing the progress bar).
+  m.def("train_steps", &train_steps, py::call_guard<py::gil_scoped_release>(),
+        "Many training steps in one call: gather, forward and backward, the optimizer's update, "
+        "BatchNorm's counters and the epoch's sums per step (csrc/loop.cpp)");
 }

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -571,20 +572,24 @@ class Monitor:
         records its steps this way when the fast step applies."""
         return _FastObserver(self)
 
-    def pass_step(self) -> None:
-        """Count a training step that ran without calling the model's ``forward``.
+    def pass_step(self, steps: int = 1) -> None:
+        """Count ``steps`` training steps that ran without calling the model's ``forward``.
 
         For a trainer that takes unrecorded steps another way (``steadygrad.fit``'s fast step):
         the step counter advances, a record still waiting is written, and the weights are copied
         when the next step's update ratio needs them, exactly as the root module's hook does for
         a step through ``forward``. Only for monitors that count forward passes (made without
-        ``optimizer=``), and only for steps :meth:`records_next_step` says are not recorded.
+        ``optimizer=``), and only for steps :meth:`records_next_step` says are not recorded;
+        several at once (``steps > 1``, after a trainer ran them in one call) only where
+        :meth:`steps_to_pass` allowed as many.
         """
         if self._optimizer is not None:
             raise RuntimeError(
                 "pass_step() is for monitors that count forward passes; this one counts "
                 "optimizer steps (watch(..., optimizer=...)), which need no call"
             )
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int; got {steps!r}")
         if self._closed or self._broken or self._paused:
             return
         if self.records_next_step():
@@ -592,7 +597,23 @@ class Monitor:
                 f"step {self._next_step} is recorded: run it through the model's forward "
                 "(check records_next_step() first)"
             )
-        self._begin_forward_step()
+        if steps > 1 and steps > self.steps_to_pass():
+            raise RuntimeError(
+                f"{steps} steps from step {self._next_step} include a recorded step or the one "
+                f"before it; pass at most steps_to_pass() = {self.steps_to_pass()} at once"
+            )
+        for _ in range(steps):
+            self._begin_forward_step()
+
+    def steps_to_pass(self) -> int:
+        """How many of the next steps a trainer may take without showing them to the monitor and
+        then count with one :meth:`pass_step` call: those before the last step ahead of the next
+        recorded one (that step's update gives the record's update ratio). ``every - 2`` right
+        after a recorded step; 0 where ``every`` ≤ 2. Unbounded (``sys.maxsize``) once closed."""
+        if self._closed or self._broken:
+            return sys.maxsize
+        r = self._next_step % self.every
+        return self.every - 1 - r if r else 0
 
     def close(self) -> None:
         """Finish the step in progress, write what is pending, remove every hook. Idempotent."""

@@ -1,0 +1,140 @@
+// steadygrad native kernels: many training steps in one call. Per step it does what
+// steadygrad.fit's Python loop does around FastStep's native path: gather the batch's rows
+// (index_select), forward and backward by chain.cpp, the optimizer's update by torch's own fused
+// kernels (the ones FastStep._apply_update calls), BatchNorm's batch counters, and the epoch's
+// loss and accuracy sums (fit's _EpochSums.add).
+//
+// Why by hand: at batch 50 the interpreter and pybind around each step (argument lists, the
+// update's call, the sums' two small kernels, the loop itself) cost ~130 µs of a ~1.3 ms step on
+// the reference network; jax.lax.scan runs a whole epoch without them. Nothing here is new
+// arithmetic: the same kernels run in the same order, so the weights after N steps equal the
+// per-step path's to float rounding (tests/test_native.py, tests/test_train.py).
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
+                                         const std::vector<int64_t>& ops,
+                                         const std::vector<double>& scalars,
+                                         const std::vector<std::optional<at::Tensor>>& tensors,
+                                         const std::vector<bool>& needs_input_grad, bool keep);
+
+namespace {
+
+// The optimizer update after each step, and the layout of `hyper` and `state` for each:
+//   kAdam, kAdamW:  hyper = lr, β₁, β₂, ε, weight decay, amsgrad, maximize;
+//                   state = exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps (views of flat_steps)
+//   kSgdPlain:      hyper = lr; state empty (θ ← θ − ηg: one foreach add)
+//   kSgdFused:      hyper = lr, momentum, dampening, weight decay, nesterov, maximize;
+//                   state = momentum buffers (after torch's first momentum step)
+enum Update : int64_t { kAdam = 0, kAdamW = 1, kSgdPlain = 2, kSgdFused = 3 };
+
+bool is_cpu(const at::Tensor& t, at::ScalarType type, int64_t dim) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == type && t.dim() == dim &&
+         t.is_contiguous();
+}
+
+}  // namespace
+
+// Take the steps whose batches are perm[bounds[2k] : bounds[2k + 1]] of (images, labels), in
+// order; return how many were taken. It stops early, before changing anything of that step, where
+// a step cannot be taken here (an index or a label out of range, or anything forward_backward
+// declines): the caller takes that step by its Python path, which raises torch's own error where
+// there is one. 0 with nothing changed where the inputs do not suit (dtype, device, layout).
+int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& perm,
+                    const std::vector<int64_t>& bounds, const std::vector<int64_t>& ops,
+                    const std::vector<double>& scalars,
+                    const std::vector<std::optional<at::Tensor>>& tensors,
+                    const std::vector<bool>& needs_input_grad,
+                    const std::vector<at::Tensor>& counters, int64_t update,
+                    const std::vector<double>& hyper, const std::vector<at::Tensor>& params,
+                    const std::vector<at::Tensor>& grads,
+                    const std::vector<std::vector<at::Tensor>>& state,
+                    const at::Tensor& flat_steps, const at::Tensor& loss_sum,
+                    const at::Tensor& correct) {
+  TORCH_CHECK(bounds.size() % 2 == 0, "bounds: pairs of (begin, end) expected");
+  const size_t expected_hyper = update == kAdam || update == kAdamW ? 7
+                                : update == kSgdPlain                ? 1
+                                : update == kSgdFused                ? 6
+                                                                     : 0;
+  TORCH_CHECK(expected_hyper != 0 && hyper.size() == expected_hyper, "bad update or hyper");
+  TORCH_CHECK(state.size() == (update == kAdam || update == kAdamW ? 4u
+                               : update == kSgdFused              ? 1u
+                                                                  : 0u),
+              "bad state");
+  if (!is_cpu(images, at::kFloat, 2) || !is_cpu(labels, at::kLong, 1) ||
+      !is_cpu(perm, at::kLong, 1) || !is_cpu(loss_sum, at::kDouble, 0) ||
+      !is_cpu(correct, at::kLong, 0) || images.size(0) != labels.size(0)) {
+    return 0;
+  }
+  at::NoGradGuard no_grad;
+  const int64_t n = images.size(0), features = images.size(1), order = perm.size(0);
+  int64_t widest = 0;
+  for (size_t k = 0; k < bounds.size(); k += 2) {
+    if (bounds[k] < 0 || bounds[k + 1] > order || bounds[k + 1] - bounds[k] < 1) return 0;
+    widest = std::max(widest, bounds[k + 1] - bounds[k]);
+  }
+  // One batch buffer for all steps: nothing the step returns refers to its input.
+  at::Tensor x_all = at::empty({widest, features}, images.options());
+  at::Tensor y_all = at::empty({widest}, labels.options());
+  const float* src = images.data_ptr<float>();
+  const int64_t* label = labels.data_ptr<int64_t>();
+  const int64_t* index = perm.data_ptr<int64_t>();
+  double* total_loss = loss_sum.data_ptr<double>();
+  int64_t* total_correct = correct.data_ptr<int64_t>();
+  const bool adam = update == kAdam || update == kAdamW;
+
+  int64_t done = 0;
+  for (size_t k = 0; k < bounds.size(); k += 2) {
+    const int64_t lo = bounds[k], m = bounds[k + 1] - bounds[k];
+    at::Tensor x = x_all.narrow(0, 0, m), y = y_all.narrow(0, 0, m);
+    float* xp = x.data_ptr<float>();
+    int64_t* yp = y.data_ptr<int64_t>();
+    bool in_range = true;
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t row = index[lo + i];
+      if (row < 0 || row >= n) {
+        in_range = false;
+        break;
+      }
+      std::memcpy(xp + i * features, src + row * features,
+                  static_cast<size_t>(features) * sizeof(float));
+      yp[i] = label[row];
+    }
+    if (!in_range) break;
+    const std::vector<at::Tensor> out =
+        forward_backward(x, y, ops, scalars, tensors, needs_input_grad, false);
+    if (out.empty()) break;
+    // fit's _EpochSums.add: loss_sum += m · loss in float64 (the product is exact), correct +=
+    // the step's right argmaxes, counted by the kernel.
+    *total_loss += static_cast<double>(out[0].item<float>()) * static_cast<double>(m);
+    *total_correct += out[2].item<int64_t>();
+    if (adam) {
+      flat_steps.add_(1);
+      // (lr, β₁, β₂, weight decay, ε, amsgrad, maximize): torch's argument order
+      if (update == kAdamW) {
+        at::_fused_adamw_(params, grads, state[0], state[1], state[2], state[3], hyper[0],
+                          hyper[1], hyper[2], hyper[4], hyper[3], hyper[5] != 0.0,
+                          hyper[6] != 0.0);
+      } else {
+        at::_fused_adam_(params, grads, state[0], state[1], state[2], state[3], hyper[0],
+                         hyper[1], hyper[2], hyper[4], hyper[3], hyper[5] != 0.0,
+                         hyper[6] != 0.0);
+      }
+    } else if (update == kSgdPlain) {
+      at::_foreach_add_(params, grads, -hyper[0]);
+    } else {
+      // (weight decay, momentum, lr, dampening, nesterov, maximize, first step): torch's order
+      at::_fused_sgd_(params, grads, state[0], hyper[3], hyper[1], hyper[0], hyper[2],
+                      hyper[4] != 0.0, hyper[5] != 0.0, false);
+    }
+    ++done;
+  }
+  for (const auto& counter : counters) counter.add_(done);
+  return done;
+}
