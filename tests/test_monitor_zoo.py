@@ -123,8 +123,12 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     ),
     "cnn2d": (
         lambda: nn.Sequential(
-            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(inplace=True),
-            nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 3),
+            nn.Conv2d(1, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(12, 3),
         ),
         (4, 1, 4, 4),
     ),

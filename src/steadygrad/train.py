@@ -628,9 +628,7 @@ def _fit(
                     x = train.images.index_select(0, idx)
                     y = train.labels.index_select(0, idx)
                     loss, logits = take_step(x, y)
-                    sums.add(
-                        loss, logits, y, None if fast_step is None else fast_step.last_correct
-                    )
+                    sums.add(loss, logits, y, None if fast_step is None else fast_step.last_correct)
                     k += 1
                     progress.step += 1
                     if monitor is not None:

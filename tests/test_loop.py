@@ -1,0 +1,238 @@
+"""The native loop (``csrc/loop.cpp``, :meth:`FastStep.train_steps`): many steps in one call.
+
+Reference: the same steps taken one by one by the native fast step, with ``fit``'s epoch sums
+(``loss_sum += m · loss``, ``correct += right argmaxes``) added in Python. The loop runs the same
+kernels in the same order, so the comparisons are exact (``torch.equal``), not approximate.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from steadygrad import models, monitor, native
+from steadygrad.fast import FastStep, make_step
+
+pytestmark = pytest.mark.skipif(native.load() is None, reason="native kernels unavailable here")
+
+N, IN, OUT = 230, 12, 4
+OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adam-l2": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3),
+    "amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "sgd-decay": lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-2, dampening=0.1),
+}
+
+
+def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(N, IN, generator=g) * 2 + 0.5
+    labels = torch.randint(0, OUT, (N,), generator=g)
+    return images, labels, torch.randperm(N, generator=g)
+
+
+def mlp() -> nn.Module:
+    return models.mlp(
+        IN, [10, 8], OUT, "elu", batch_norm="before", generator=torch.Generator().manual_seed(1)
+    )
+
+
+def bounds_of(n: int, batch: int) -> list[tuple[int, int]]:
+    """fit's batches: the last one smaller where ``batch`` does not divide ``n``."""
+    return [(lo, min(lo + batch, n)) for lo in range(0, n, batch)]
+
+
+def sums() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
+
+
+def one_by_one(
+    step: FastStep,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    perm: torch.Tensor,
+    bounds: list[tuple[int, int]],
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+) -> None:
+    for lo, hi in bounds:
+        idx = perm[lo:hi]
+        loss, _ = step(images.index_select(0, idx), labels.index_select(0, idx))
+        assert step.last_correct is not None
+        loss_sum.add_(loss, alpha=hi - lo)
+        correct.add_(step.last_correct)
+
+
+def pair(optimizer: str) -> tuple[nn.Module, FastStep, nn.Module, FastStep]:
+    a = mlp()
+    b = copy.deepcopy(a)
+    step_a = make_step(a, OPTIMIZERS[optimizer](a.parameters()), native=True)
+    step_b = make_step(b, OPTIMIZERS[optimizer](b.parameters()), native=True)
+    assert step_a is not None and step_b is not None
+    return a, step_a, b, step_b
+
+
+def assert_same(a: nn.Module, step_a: FastStep, b: nn.Module, step_b: FastStep) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)  # type: ignore[arg-type]
+    oa, ob = step_a.optimizer.state_dict()["state"], step_b.optimizer.state_dict()["state"]
+    assert oa.keys() == ob.keys()
+    for i in oa:
+        for name, value in oa[i].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob[i][name])), (i, name)
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("batch", [16, 50])
+def test_a_run_of_steps_equals_the_steps_one_by_one(optimizer: str, batch: int) -> None:
+    images, labels, perm = data()
+    bounds = bounds_of(N, batch)  # 230 = 14·16 + 6 = 4·50 + 30: a smaller last batch
+    a, step_a, b, step_b = pair(optimizer)
+    la, ca = sums()
+    lb, cb = sums()
+    # the first step one by one on both: torch's first momentum step fills the buffers
+    one_by_one(step_a, images, labels, perm, bounds[:1], la, ca)
+    one_by_one(step_b, images, labels, perm, bounds[:1], lb, cb)
+    one_by_one(step_a, images, labels, perm, bounds[1:], la, ca)
+    assert step_b.train_steps(images, labels, perm, bounds[1:], lb, cb) == len(bounds) - 1
+    assert_same(a, step_a, b, step_b)
+    assert torch.equal(la, lb) and torch.equal(ca, cb)
+    assert step_b.native_calls == step_b.fast_calls == len(bounds)
+    # the runs' own batches: perm's rows, not the first rows of the data
+    assert 0 < ca.item() < N
+
+
+def test_it_continues_where_the_last_run_or_step_left_off() -> None:
+    images, labels, perm = data(1)
+    bounds = bounds_of(N, 20)
+    a, step_a, b, step_b = pair("adam")
+    la, ca = sums()
+    lb, cb = sums()
+    one_by_one(step_a, images, labels, perm, bounds, la, ca)
+    assert step_b.train_steps(images, labels, perm, bounds[:3], lb, cb) == 3
+    one_by_one(step_b, images, labels, perm, bounds[3:5], lb, cb)
+    assert step_b.train_steps(images, labels, perm, bounds[5:], lb, cb) == len(bounds) - 5
+    assert_same(a, step_a, b, step_b)
+    assert torch.equal(la, lb) and torch.equal(ca, cb)
+
+
+def test_it_stops_before_a_step_it_cannot_take_and_changes_nothing_of_it() -> None:
+    images, labels, perm = data(2)
+    bounds = bounds_of(N, 20)
+    a, step_a, b, step_b = pair("adam")
+    la, ca = sums()
+    lb, cb = sums()
+    one_by_one(step_a, images, labels, perm, bounds[:4], la, ca)
+    bad = perm.clone()
+    bad[bounds[4][0] + 3] = N  # an index out of range in the fifth batch
+    assert step_b.train_steps(images, labels, bad, bounds, lb, cb) == 4
+    assert_same(a, step_a, b, step_b)
+    assert torch.equal(la, lb) and torch.equal(ca, cb)
+    wrong = labels.clone()
+    wrong[perm[bounds[0][0]]] = OUT  # a label out of range in the first batch
+    assert step_b.train_steps(images, wrong, perm, bounds, lb, cb) == 0
+    assert_same(a, step_a, b, step_b)
+
+
+def test_it_declines_what_the_per_step_path_must_take() -> None:
+    images, labels, perm = data(3)
+    _, _, b, step_b = pair("adam")
+    lb, cb = sums()
+    before = copy.deepcopy(b.state_dict())
+
+    def unchanged() -> bool:
+        return all(torch.equal(v, b.state_dict()[k]) for k, v in before.items())
+
+    # a batch of one with BatchNorm in train mode (torch raises; the per-step path shows it)
+    assert step_b.train_steps(images, labels, perm, [(0, 20), (20, 21)], lb, cb) == 0
+    # no steps; float64 inputs; labels of another dtype
+    assert step_b.train_steps(images, labels, perm, [], lb, cb) == 0
+    assert step_b.train_steps(images.double(), labels, perm, [(0, 20)], lb, cb) == 0
+    assert step_b.train_steps(images, labels.int(), perm, [(0, 20)], lb, cb) == 0
+    # a forward hook: it must see every step
+    handle = b[0].register_forward_hook(lambda *args: None)
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    handle.remove()
+    # an optimizer step hook: optimizer.step() must run
+    handle = step_b.optimizer.register_step_post_hook(lambda *args: None)
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    handle.remove()
+    # sums of the wrong dtype
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb.float(), cb) == 0
+    assert unchanged() and lb.item() == 0 and cb.item() == 0
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 1
+    assert not unchanged() and lb.item() > 0
+
+
+def test_eval_mode_batch_norm_and_a_python_only_activation_decline() -> None:
+    images, labels, perm = data(4)
+    _, _, b, step_b = pair("sgd")
+    lb, cb = sums()
+    b.eval()
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    sigmoid = models.mlp(IN, [10], OUT, "sigmoid", generator=torch.Generator().manual_seed(1))
+    step = make_step(sigmoid, torch.optim.SGD(sigmoid.parameters(), lr=0.1), native=True)
+    assert step is not None and step._native is None
+    assert step.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+
+
+def test_monitor_counts_a_run_of_passed_steps() -> None:
+    model = mlp()
+    with monitor.watch(model, every=10) as mon:
+        assert mon.steps_to_pass() == 0  # step 0 is recorded
+        model(torch.randn(8, IN)).sum().backward()
+        assert mon.steps_to_pass() == 8  # steps 1–8; step 9's update goes into record 10
+        with pytest.raises(RuntimeError, match=r"pass at most steps_to_pass\(\) = 8 at once"):
+            mon.pass_step(9)
+        mon.pass_step(3)
+        assert mon.steps_to_pass() == 5
+        mon.pass_step(5)
+        assert mon.steps_to_pass() == 0 and not mon.records_next_step()
+        mon.pass_step()  # step 9, alone
+        assert mon.records_next_step()
+        for bad in (0, -1, True, 1.0):
+            with pytest.raises(ValueError, match="steps must be a positive int"):
+                mon.pass_step(bad)  # type: ignore[arg-type]
+    for every, after_first in ((1, 0), (2, 0), (3, 1)):
+        net = mlp()
+        with monitor.watch(net, every=every) as mon:
+            net(torch.randn(8, IN)).sum().backward()
+            assert mon.steps_to_pass() == after_first, every
+    assert mon.steps_to_pass() > 10**9  # closed: nothing to see
+
+
+def test_fit_with_a_callback_takes_every_step_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steadygrad.data import Dataset, Split
+    from steadygrad.train import TrainConfig, fit
+
+    images, labels, _ = data(5)
+    split = Split(images, labels)
+    dataset = Dataset(train=split, validation=split, test=split, name="toy")
+    runs: list[int] = []
+    original = FastStep.train_steps
+
+    def counting(self: FastStep, *args: Any, **kwargs: Any) -> int:
+        done = original(self, *args, **kwargs)
+        runs.append(done)
+        return done
+
+    monkeypatch.setattr(FastStep, "train_steps", counting)
+    config = TrainConfig(epochs=1, batch_size=20, progress=False, device="cpu")
+    fit(mlp(), dataset, config)
+    assert sum(runs) == 12  # ⌈230 / 20⌉ steps, all in runs
+    runs.clear()
+    seen: list[int] = []
+    fit(mlp(), dataset, config, on_step_end=lambda step, loss: seen.append(step))
+    assert runs == [] and seen == list(range(1, 13))
