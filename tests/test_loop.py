@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from steadygrad import models, monitor, native
-from steadygrad.fast import FastStep, make_step
+from steadygrad.fast import FastStep, StepsTaken, make_step
 
 pytestmark = pytest.mark.skipif(native.load() is None, reason="native kernels unavailable here")
 
@@ -106,7 +106,7 @@ def test_a_run_of_steps_equals_the_steps_one_by_one(optimizer: str, batch: int) 
     one_by_one(step_a, images, labels, perm, bounds[:1], la, ca)
     one_by_one(step_b, images, labels, perm, bounds[:1], lb, cb)
     one_by_one(step_a, images, labels, perm, bounds[1:], la, ca)
-    assert step_b.train_steps(images, labels, perm, bounds[1:], lb, cb) == len(bounds) - 1
+    assert step_b.train_steps(images, labels, perm, bounds[1:], lb, cb).steps == len(bounds) - 1
     assert_same(a, step_a, b, step_b)
     assert torch.equal(la, lb) and torch.equal(ca, cb)
     assert step_b.native_calls == step_b.fast_calls == len(bounds)
@@ -121,9 +121,9 @@ def test_it_continues_where_the_last_run_or_step_left_off() -> None:
     la, ca = sums()
     lb, cb = sums()
     one_by_one(step_a, images, labels, perm, bounds, la, ca)
-    assert step_b.train_steps(images, labels, perm, bounds[:3], lb, cb) == 3
+    assert step_b.train_steps(images, labels, perm, bounds[:3], lb, cb).steps == 3
     one_by_one(step_b, images, labels, perm, bounds[3:5], lb, cb)
-    assert step_b.train_steps(images, labels, perm, bounds[5:], lb, cb) == len(bounds) - 5
+    assert step_b.train_steps(images, labels, perm, bounds[5:], lb, cb).steps == len(bounds) - 5
     assert_same(a, step_a, b, step_b)
     assert torch.equal(la, lb) and torch.equal(ca, cb)
 
@@ -137,12 +137,12 @@ def test_it_stops_before_a_step_it_cannot_take_and_changes_nothing_of_it() -> No
     one_by_one(step_a, images, labels, perm, bounds[:4], la, ca)
     bad = perm.clone()
     bad[bounds[4][0] + 3] = N  # an index out of range in the fifth batch
-    assert step_b.train_steps(images, labels, bad, bounds, lb, cb) == 4
+    assert step_b.train_steps(images, labels, bad, bounds, lb, cb).steps == 4
     assert_same(a, step_a, b, step_b)
     assert torch.equal(la, lb) and torch.equal(ca, cb)
     wrong = labels.clone()
     wrong[perm[bounds[0][0]]] = OUT  # a label out of range in the first batch
-    assert step_b.train_steps(images, wrong, perm, bounds, lb, cb) == 0
+    assert step_b.train_steps(images, wrong, perm, bounds, lb, cb).steps == 0
     assert_same(a, step_a, b, step_b)
 
 
@@ -156,23 +156,23 @@ def test_it_declines_what_the_per_step_path_must_take() -> None:
         return all(torch.equal(v, b.state_dict()[k]) for k, v in before.items())
 
     # a batch of one with BatchNorm in train mode (torch raises; the per-step path shows it)
-    assert step_b.train_steps(images, labels, perm, [(0, 20), (20, 21)], lb, cb) == 0
+    assert step_b.train_steps(images, labels, perm, [(0, 20), (20, 21)], lb, cb).steps == 0
     # no steps; float64 inputs; labels of another dtype
-    assert step_b.train_steps(images, labels, perm, [], lb, cb) == 0
-    assert step_b.train_steps(images.double(), labels, perm, [(0, 20)], lb, cb) == 0
-    assert step_b.train_steps(images, labels.int(), perm, [(0, 20)], lb, cb) == 0
+    assert step_b.train_steps(images, labels, perm, [], lb, cb).steps == 0
+    assert step_b.train_steps(images.double(), labels, perm, [(0, 20)], lb, cb).steps == 0
+    assert step_b.train_steps(images, labels.int(), perm, [(0, 20)], lb, cb).steps == 0
     # a forward hook: it must see every step
     handle = b[0].register_forward_hook(lambda *args: None)
-    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb).steps == 0
     handle.remove()
     # an optimizer step hook: optimizer.step() must run
     handle = step_b.optimizer.register_step_post_hook(lambda *args: None)
-    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb).steps == 0
     handle.remove()
     # sums of the wrong dtype
-    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb.float(), cb) == 0
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb.float(), cb).steps == 0
     assert unchanged() and lb.item() == 0 and cb.item() == 0
-    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 1
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb).steps == 1
     assert not unchanged() and lb.item() > 0
 
 
@@ -181,11 +181,11 @@ def test_eval_mode_batch_norm_and_a_python_only_activation_decline() -> None:
     _, _, b, step_b = pair("sgd")
     lb, cb = sums()
     b.eval()
-    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    assert step_b.train_steps(images, labels, perm, [(0, 20)], lb, cb).steps == 0
     sigmoid = models.mlp(IN, [10], OUT, "sigmoid", generator=torch.Generator().manual_seed(1))
     step = make_step(sigmoid, torch.optim.SGD(sigmoid.parameters(), lr=0.1), native=True)
     assert step is not None and step._native is None
-    assert step.train_steps(images, labels, perm, [(0, 20)], lb, cb) == 0
+    assert step.train_steps(images, labels, perm, [(0, 20)], lb, cb).steps == 0
 
 
 def test_monitor_counts_a_run_of_passed_steps() -> None:
@@ -223,10 +223,10 @@ def test_fit_with_a_callback_takes_every_step_one_by_one(monkeypatch: pytest.Mon
     runs: list[int] = []
     original = FastStep.train_steps
 
-    def counting(self: FastStep, *args: Any, **kwargs: Any) -> int:
-        done = original(self, *args, **kwargs)
-        runs.append(done)
-        return done
+    def counting(self: FastStep, *args: Any, **kwargs: Any) -> StepsTaken:
+        taken = original(self, *args, **kwargs)
+        runs.append(taken.steps)
+        return taken
 
     monkeypatch.setattr(FastStep, "train_steps", counting)
     config = TrainConfig(epochs=1, batch_size=20, progress=False, device="cpu")

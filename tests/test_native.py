@@ -474,13 +474,13 @@ def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) 
         name="toy",
     )
     runs = {}
-    original = FastStep.try_fast
-    seen: list[int] = []
+    original = fast.make_step
+    seen: list[FastStep] = []
 
-    def counting(self: FastStep, *args: Any, **kwargs: Any) -> Any:
-        out = original(self, *args, **kwargs)
-        seen.append(self.native_calls)
-        return out
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        step = original(*args, **kwargs)
+        seen.append(step)
+        return step
 
     for use_native in (True, False):
         model = mlp("elu", "before")
@@ -490,7 +490,7 @@ def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) 
             pytest.MonkeyPatch.context() as mp,
             monitor.watch(model, every=2, out=tmp_path / str(use_native)) as mon,
         ):
-            mp.setattr(FastStep, "try_fast", counting)
+            mp.setattr(fast, "make_step", keeping)
             fit(
                 model,
                 data,
@@ -505,7 +505,8 @@ def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) 
                 ),
                 monitor=mon,
             )
-        assert seen[-1] == (10 if use_native else 0)
+        assert seen[-1].native_calls == (10 if use_native else 0)
+        assert seen[-1].fast_calls == 10
         runs[use_native] = mon.records
     native_records, python_records = runs[True], runs[False]
     assert (

@@ -69,7 +69,7 @@ RReLU's random slope, dropout, other layers, several parameter groups, …).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ from torch.utils.hooks import RemovableHandle
 from steadygrad import activations
 from steadygrad.nn import BatchNorm, Dense
 
-__all__ = ["FastStep", "StepObserver", "make_step", "supports"]
+__all__ = ["FastStep", "StepObserver", "StepsTaken", "make_step", "supports"]
 
 _aten: Any = torch.ops.aten
 _nll_forward: Any = _aten.nll_loss_forward.default
@@ -113,8 +113,10 @@ _FUSED_DTYPES: Final = (torch.float32, torch.float64)
 # csrc/chain.cpp's op and activation codes
 _NATIVE_LINEAR, _NATIVE_BATCHNORM, _NATIVE_ACTIVATION = 0, 1, 2
 _NATIVE_NONE, _NATIVE_RELU, _NATIVE_LEAKY, _NATIVE_ELU = -1, 0, 1, 2
-# csrc/loop.cpp's optimizer updates
+# csrc/loop.cpp's optimizer updates, and the sums its last step's update takes
 _LOOP_ADAM, _LOOP_ADAMW, _LOOP_SGD_PLAIN, _LOOP_SGD_FUSED = 0, 1, 2, 3
+_LAST_SUMS: Final = {"change": 1, "all": 2}
+_NO_STATE: Final[tuple[()]] = ()  # plain SGD's state, the same object on every call
 
 
 # --------------------------------------------------------------------------- layers
@@ -467,19 +469,28 @@ class _NativeChain:
         )
         if not out:
             return None
+        outputs, gradients = self.unpack(out) if keep else ({}, {})
+        return out[0], out[1], out[2], outputs, gradients
+
+    def unpack(self, out: list[Tensor]) -> tuple[dict[_Layer, Tensor], dict[_Linear, Tensor]]:
+        """A kept step's kernel result as :meth:`run`'s ``(outputs, gradients)``."""
         outputs: dict[_Layer, Tensor] = {}
         gradients: dict[_Linear, Tensor] = {}
-        if keep:
-            for i, part in enumerate(self.parts):
-                result, pre, grad = out[3 + 3 * i : 6 + 3 * i]
-                act = self.fused[i]
-                if act is not None:  # BatchNorm and activation in one op
-                    outputs[part], outputs[act] = pre, result
-                else:
-                    outputs[part] = result
-                if isinstance(part, _Linear):
-                    gradients[part] = grad
-        return out[0], out[1], out[2], outputs, gradients
+        for i, part in enumerate(self.parts):
+            result, pre, grad = out[3 + 3 * i : 6 + 3 * i]
+            act = self.fused[i]
+            if act is not None:  # BatchNorm and activation in one op
+                outputs[part], outputs[act] = pre, result
+            else:
+                outputs[part] = result
+            if isinstance(part, _Linear):
+                gradients[part] = grad
+        return outputs, gradients
+
+    @property
+    def kept_count(self) -> int:
+        """How many tensors :meth:`kept` gives: every layer's output and each Linear's ∂L/∂z."""
+        return len(self.layers) + sum(isinstance(layer, _Linear) for layer in self.layers)
 
     def _arguments_now(self) -> list[Tensor | None]:
         """The kernel's tensor arguments, six per op: a Linear's W, b, ∂W, ∂b; a BatchNorm's γ, β,
@@ -707,6 +718,17 @@ def _owned_by(owner: object | None, *registries: dict[int, Any]) -> bool:
     )
 
 
+class StepsTaken(NamedTuple):
+    """What :meth:`FastStep.train_steps` did: ``steps`` taken; for its last step, where it
+    was taken and they were asked for, the update's ``sums`` (:meth:`StepObserver.updated`'s
+    layout), its ``loss`` (0-d) and its ``kept`` tensors (:meth:`StepObserver.kept`'s list)."""
+
+    steps: int
+    sums: Tensor | None
+    loss: Tensor | None
+    kept: list[Tensor] | None
+
+
 class FastStep:
     """``step(x, y) -> (loss, logits)``: one training step, fast where possible, plain otherwise.
 
@@ -782,6 +804,11 @@ class FastStep:
         self.plain_calls = 0
         self.last_fallback: str | None = None
         self._hook_free: tuple[int, int] | None = None  # see _fallback_reason
+        # train_steps' native program and what it was bound to
+        self._loop: Any = None
+        self._loop_bound: tuple[object, ...] = (None,) * 4
+        self._loop_update = -1
+        self._loop_counters: list[Tensor] = []
 
     # -- public
 
@@ -892,7 +919,9 @@ class FastStep:
         correct: Tensor,
         *,
         ignore_hooks_of: object | None = None,
-    ) -> int:
+        last_sums: str | None = None,
+        keep_last: bool = False,
+    ) -> StepsTaken:
         """Take the steps whose batches are ``perm[lo:hi]`` of ``(images, labels)`` for each
         ``(lo, hi)`` of ``bounds``, in order, in one native call (``csrc/loop.cpp``); return how
         many it took, 0 where it cannot (nothing done): the caller takes the rest one by one.
@@ -906,24 +935,33 @@ class FastStep:
         ``ignore_hooks_of``'s, and float32 inputs on the CPU. Between steps nothing returns to
         Python: no hook, scheduler or callback can run, so the caller uses it only for steps that
         need none.
+
+        The last step may serve a monitor, as :meth:`try_fast`'s arguments do for one step:
+        ``last_sums="change"`` or ``"all"`` takes its update with the parameters' sums
+        (``update_stats``'s; ``"change"``: Σ(Δθ)² only), where :meth:`gives_stats` holds;
+        ``keep_last`` keeps its intermediate tensors (:meth:`_NativeChain.kept`'s list). Both
+        come back in the :class:`StepsTaken` where that step was taken.
         """
+        none = StepsTaken(0, None, None, None)
         native = self._native
-        if native is None or not bounds or not hasattr(self._kernels, "train_steps"):
-            return 0
+        if native is None or not bounds or not hasattr(self._kernels, "TrainLoop"):
+            return none
+        if last_sums is not None and (last_sums not in _LAST_SUMS or not self.gives_stats()):
+            return none
         if any(hi - lo < 2 for lo, hi in bounds) and any(
             bn.module.training for bn in self._batch_norms
         ):
-            return 0
+            return none
         if not all(bn.module.training or bn.always_batch_stats for bn in native.batch_norms):
-            return 0
+            return none
         if self._fallback_reason(images, labels, ignore_hooks_of) is not None:
-            return 0
+            return none
         opt = self.optimizer
         group = opt.param_groups[0]
         if not self._fused_ok(group) or self._first_momentum_step or self._dtype != torch.float32:
-            return 0
+            return none
         lr = float(group["lr"])
-        state: list[list[Tensor]]
+        state: Sequence[list[Tensor]]
         if isinstance(opt, torch.optim.Adam):
             beta1, beta2 = group["betas"]
             update = _LOOP_ADAMW if group.get("decoupled_weight_decay", False) else _LOOP_ADAM
@@ -936,7 +974,7 @@ class FastStep:
             weight_decay = float(group["weight_decay"])
             maximize = bool(group["maximize"])
             if momentum == 0.0 and weight_decay == 0.0 and not maximize:
-                update, hyper, state = _LOOP_SGD_PLAIN, [lr], []
+                update, hyper, state = _LOOP_SGD_PLAIN, [lr], _NO_STATE
             else:
                 update, state = _LOOP_SGD_FUSED, self._state_lists
                 hyper = [lr, momentum, float(group["dampening"]), weight_decay]
@@ -950,31 +988,63 @@ class FastStep:
         flat: list[int] = [i for pair in bounds for i in pair]
         with torch.no_grad():
             self._link_grads()
-            done: int = self._kernels.train_steps(
+            # The program's tensors, bound once (csrc/loop.h): rebuilt where any list was
+            # (a relinked gradient, a replaced buffer, new optimizer state) or the update changed.
+            bound = (native._arguments_now(), self._grads, state, self._flat_steps)
+            held = self._loop_bound
+            if (
+                self._loop is None
+                or update != self._loop_update
+                or any(a is not b for a, b in zip(bound, held, strict=True))
+                or len(counters) != len(self._loop_counters)
+                or any(a is not b for a, b in zip(counters, self._loop_counters, strict=True))
+            ):
+                self._loop = self._kernels.TrainLoop(
+                    native.ops,
+                    native.scalars,
+                    bound[0],
+                    native.needs,
+                    counters,
+                    update,
+                    self._params,
+                    self._grads,
+                    state,
+                    self._flat_steps,
+                )
+                self._loop_bound, self._loop_counters = bound, counters
+                self._loop_update = update
+            done, sums, out = self._loop.run(
                 images,
                 labels,
                 perm,
                 flat,
-                native.ops,
-                native.scalars,
-                native._arguments_now(),
-                native.needs,
-                counters,
-                update,
                 hyper,
-                self._params,
-                self._grads,
-                state,
-                self._flat_steps,
                 loss_sum,
                 correct,
+                _LAST_SUMS.get(last_sums, 0) if last_sums is not None else 0,
+                keep_last,
             )
         if done:
             self.fast_calls += done
             self.native_calls += done
             self.last_correct = None
             opt._opt_called = True  # type: ignore[attr-defined]
-        return done
+        if done < len(bounds) or not out:
+            return StepsTaken(done, sums if done == len(bounds) else None, None, None)
+        outputs, gradients = native.unpack(out)
+        return StepsTaken(done, sums, out[0], native.kept(outputs, gradients))
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The model's parameters in the order of the update's sums (the rows
+        :meth:`StepObserver.updated` is given)."""
+        return self._params
+
+    def kept_layout(self) -> tuple[object, int] | None:
+        """The ``(key, count)`` a native step shows :meth:`StepObserver.kept`, None without the
+        native chain (what a monitor checks before a run's last step is kept)."""
+        native = self._native
+        return None if native is None else (native, native.kept_count)
 
     def _replay(
         self,

@@ -60,6 +60,7 @@ from steadygrad.errors import CheckpointError, RunLocked, TrainingDiverged
 
 if TYPE_CHECKING:
     from steadygrad.monitor import Monitor
+    from steadygrad.monitor._watch import _FastObserver
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -489,6 +490,7 @@ def _fit(
     take_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
         fast_step if fast_step is not None else plain_step
     )
+    observer: _FastObserver | None = None
     if monitor is not None and fast_step is not None:
         watcher, fast_only = monitor, fast_step
 
@@ -597,17 +599,22 @@ def _fit(
             task = bar.start(epoch + 1, cfg.epochs, len(plan), progress.step_in_epoch)
             k = progress.step_in_epoch
             while k < len(plan):
-                # Runs of steps nothing needs to see one by one (no callback, not recorded by the
-                # monitor) go to the native loop in one call: csrc/loop.cpp, FastStep.train_steps.
-                # It ends where the progress bar is drawn, so the bar reads the same sums.
-                end = (k // cfg.progress_every + 1) * cfg.progress_every if show else k + _RUN
+                # Runs of steps nothing needs to see one by one (no callback; with a monitor,
+                # the steps it does not record) go to the native loop in one call (csrc/loop.cpp,
+                # FastStep.train_steps). A run ends where the progress bar is drawn, so the bar
+                # reads the same sums. With a monitor, a run's last step may be the one before a
+                # recorded step (its update's norm goes into the record) or the recorded step
+                # itself, shown to the monitor from its kept tensors after the run.
+                end = min(len(plan), (k // cfg.progress_every + 1) * cfg.progress_every)
+                if not show:
+                    end = min(len(plan), k + _RUN)
+                last: str | None = None  # None, "change" or "kept"
                 if monitor is not None:
-                    end = min(end, k + monitor.steps_to_pass())
-                end = min(end, len(plan))
-                done = 0
+                    end, last = _monitored_run(monitor, observer, fast_step, k, end)
+                taken = None
                 if chunked and end > k:
                     assert fast_step is not None
-                    done = fast_step.train_steps(
+                    taken = fast_step.train_steps(
                         train.images,
                         train.labels,
                         perm,
@@ -615,13 +622,15 @@ def _fit(
                         sums.loss_sum,
                         sums.correct,
                         ignore_hooks_of=monitor,
+                        last_sums={"change": "change", "kept": "all"}.get(last or ""),
+                        keep_last=last == "kept",
                     )
-                if done:
+                if taken is not None and taken.steps:
                     if monitor is not None:
-                        monitor.pass_step(done)
-                    sums.count += sum(hi - lo for lo, hi in plan[k : k + done])
-                    k += done
-                    progress.step += done
+                        _tell_monitor(monitor, observer, fast_step, taken, end - k, last)
+                    sums.count += sum(hi - lo for lo, hi in plan[k : k + taken.steps])
+                    k += taken.steps
+                    progress.step += taken.steps
                 else:
                     lo, hi = plan[k]
                     idx = perm[lo:hi]
@@ -695,6 +704,59 @@ def _fit(
     if out is not None:
         save(out / FINAL_NAME)
     return progress.history
+
+
+def _monitored_run(
+    monitor: Monitor,
+    observer: _FastObserver | None,
+    step: fast.FastStep | None,
+    k: int,
+    end: int,
+) -> tuple[int, str | None]:
+    """Where a native run from the epoch's step ``k`` ends (≤ ``end``) with ``monitor``
+    watching, and what its last step is: None (all unrecorded), ``"change"`` (the step before a
+    recorded one: its update gives the record's update norm) or ``"kept"`` (a recorded step,
+    alone, shown to the monitor from its kept tensors after the run). ``k`` itself: no run."""
+    if observer is None or step is None:
+        return k, None
+    if monitor.records_next_step():
+        layout = step.kept_layout()
+        if layout is not None and observer.keeps(*layout) and step.gives_stats():
+            return k + 1, "kept"
+        return k, None  # the first recorded step (the monitor learns its plan), hooks, ...
+    ahead = monitor.steps_to_pass()
+    if k + ahead < end and step.gives_stats():
+        return k + ahead + 1, "change"
+    return min(end, k + ahead), None
+
+
+def _tell_monitor(
+    monitor: Monitor,
+    observer: _FastObserver | None,
+    step: fast.FastStep | None,
+    taken: fast.StepsTaken,
+    asked: int,
+    last: str | None,
+) -> None:
+    """Tell ``monitor`` of a native run's steps (:func:`_monitored_run`'s): the unrecorded ones
+    counted, the last one, where it was special and taken, shown as the per-step path shows it."""
+    plain = taken.steps - (1 if last is not None and taken.steps == asked else 0)
+    if plain:
+        monitor.pass_step(plain)
+    if plain == taken.steps:
+        return
+    assert observer is not None and step is not None
+    if last == "change":
+        observer.pass_step()  # counted; the norm comes with the sums: no copy of the weights
+    else:
+        layout = step.kept_layout()
+        assert layout is not None and taken.kept is not None
+        # recorded from its kept tensors without a replay, as _FastObserver.keeps promised
+        observer.kept(layout[0], taken.kept)
+    observer.updated(step.params, taken.sums)
+    if last == "kept":
+        assert taken.loss is not None
+        monitor.log_loss(taken.loss)
 
 
 def _check_output_shape(model: nn.Module, train: Split) -> None:

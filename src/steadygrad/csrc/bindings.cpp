@@ -1,7 +1,10 @@
 // The Python module of steadygrad's native kernels (steadygrad/native.py builds it).
 #include <torch/extension.h>
 
+#include "loop.h"
+
 #include <optional>
+#include <tuple>
 #include <vector>
 
 std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
@@ -28,18 +31,6 @@ at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at
                      const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
                      double lr, double beta1, double beta2, double eps, double weight_decay,
                      bool decoupled, bool stats, bool change_only);
-int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& perm,
-                    const std::vector<int64_t>& bounds, const std::vector<int64_t>& ops,
-                    const std::vector<double>& scalars,
-                    const std::vector<std::optional<at::Tensor>>& tensors,
-                    const std::vector<bool>& needs_input_grad,
-                    const std::vector<at::Tensor>& counters, int64_t update,
-                    const std::vector<double>& hyper, const std::vector<at::Tensor>& params,
-                    const std::vector<at::Tensor>& grads,
-                    const std::vector<std::vector<at::Tensor>>& state,
-                    const at::Tensor& flat_steps, const at::Tensor& loss_sum,
-                    const at::Tensor& correct);
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_backward", &forward_backward, py::arg("x"), py::arg("labels"), py::arg("ops"),
         py::arg("scalars"), py::arg("tensors"), py::arg("needs_input_grad"),
@@ -67,8 +58,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stats"), py::arg("change_only") = false,
         "Adam/AdamW update, with the parameters' and the update's sums when asked "
         "(csrc/update.cpp)");
-  // The GIL is released while the steps run (rich's refresh thread keeps drawing the progress bar).
-  m.def("train_steps", &train_steps, py::call_guard<py::gil_scoped_release>(),
-        "Many training steps in one call: gather, forward and backward, the optimizer's update, "
-        "BatchNorm's counters and the epoch's sums per step (csrc/loop.cpp)");
+  py::class_<TrainLoop>(m, "TrainLoop",
+                        "One model's training steps, many per call: gather, forward and backward, "
+                        "the optimizer's update, BatchNorm's counters and the epoch's sums "
+                        "(csrc/loop.cpp)")
+      .def(py::init<std::vector<int64_t>, std::vector<double>,
+                    std::vector<std::optional<at::Tensor>>, std::vector<bool>,
+                    std::vector<at::Tensor>, int64_t, std::vector<at::Tensor>,
+                    std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>, at::Tensor>())
+      // The GIL is released while the steps run (rich's refresh thread keeps drawing the bar).
+      .def("run", &TrainLoop::run, py::call_guard<py::gil_scoped_release>());
 }

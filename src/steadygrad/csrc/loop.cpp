@@ -9,6 +9,8 @@
 // the reference network; jax.lax.scan runs a whole epoch without them. Nothing here is new
 // arithmetic: the same kernels run in the same order, so the weights after N steps equal the
 // per-step path's to float rounding (tests/test_native.py, tests/test_train.py).
+#include "loop.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
@@ -16,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
@@ -23,16 +26,17 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
                                          const std::vector<double>& scalars,
                                          const std::vector<std::optional<at::Tensor>>& tensors,
                                          const std::vector<bool>& needs_input_grad, bool keep);
+at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                     const std::vector<at::Tensor>& exp_avgs,
+                     const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
+                     double lr, double beta1, double beta2, double eps, double weight_decay,
+                     bool decoupled, bool stats, bool change_only);
+at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                    const std::vector<at::Tensor>& buffers, double lr, double momentum,
+                    double dampening, double weight_decay, bool nesterov, bool maximize,
+                    bool first, bool stats);
 
 namespace {
-
-// The optimizer update after each step, and the layout of `hyper` and `state` for each:
-//   kAdam, kAdamW:  hyper = lr, β₁, β₂, ε, weight decay, amsgrad, maximize;
-//                   state = exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps (views of flat_steps)
-//   kSgdPlain:      hyper = lr; state empty (θ ← θ − ηg: one foreach add)
-//   kSgdFused:      hyper = lr, momentum, dampening, weight decay, nesterov, maximize;
-//                   state = momentum buffers (after torch's first momentum step)
-enum Update : int64_t { kAdam = 0, kAdamW = 1, kSgdPlain = 2, kSgdFused = 3 };
 
 bool is_cpu(const at::Tensor& t, at::ScalarType type, int64_t dim) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == type && t.dim() == dim &&
@@ -41,42 +45,66 @@ bool is_cpu(const at::Tensor& t, at::ScalarType type, int64_t dim) {
 
 }  // namespace
 
-// Take the steps whose batches are perm[bounds[2k] : bounds[2k + 1]] of (images, labels), in
+TrainLoop::TrainLoop(std::vector<int64_t> ops, std::vector<double> scalars,
+                     std::vector<std::optional<at::Tensor>> tensors,
+                     std::vector<bool> needs_input_grad, std::vector<at::Tensor> counters,
+                     int64_t update, std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+                     std::vector<std::vector<at::Tensor>> state, at::Tensor flat_steps)
+    : ops_(std::move(ops)),
+      scalars_(std::move(scalars)),
+      tensors_(std::move(tensors)),
+      needs_input_grad_(std::move(needs_input_grad)),
+      counters_(std::move(counters)),
+      update_(update),
+      params_(std::move(params)),
+      grads_(std::move(grads)),
+      state_(std::move(state)),
+      flat_steps_(std::move(flat_steps)) {
+  TORCH_CHECK(update_ >= kAdam && update_ <= kSgdFused, "bad update");
+  TORCH_CHECK(state_.size() == (update_ == kAdam || update_ == kAdamW ? 4u
+                                : update_ == kSgdFused               ? 1u
+                                                                     : 0u),
+              "bad state");
+}
+
+// run(): take the steps whose batches are perm[bounds[2k] : bounds[2k + 1]] of (images, labels), in
 // order; return how many were taken. It stops early, before changing anything of that step, where
 // a step cannot be taken here (an index or a label out of range, or anything forward_backward
 // declines): the caller takes that step by its Python path, which raises torch's own error where
 // there is one. 0 with nothing changed where the inputs do not suit (dtype, device, layout).
-int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& perm,
-                    const std::vector<int64_t>& bounds, const std::vector<int64_t>& ops,
-                    const std::vector<double>& scalars,
-                    const std::vector<std::optional<at::Tensor>>& tensors,
-                    const std::vector<bool>& needs_input_grad,
-                    const std::vector<at::Tensor>& counters, int64_t update,
-                    const std::vector<double>& hyper, const std::vector<at::Tensor>& params,
-                    const std::vector<at::Tensor>& grads,
-                    const std::vector<std::vector<at::Tensor>>& state,
-                    const at::Tensor& flat_steps, const at::Tensor& loss_sum,
-                    const at::Tensor& correct) {
+//
+// The last step of the run may serve a monitor (steadygrad.monitor): `last_sums` 1 or 2 takes its
+// update by update.cpp with the parameters' sums (1: Σ(Δθ)² only, the others NaN; 2: all five),
+// returned second; `keep_last` returns that step's forward_backward(..., keep=true) result third
+// (loss, logits, correct, then each op's output, pre-activation and ∂L/∂output). Both are
+// undefined/empty where not asked or where the run stopped before its last step.
+std::tuple<int64_t, at::Tensor, std::vector<at::Tensor>> TrainLoop::run(
+    const at::Tensor& images, const at::Tensor& labels, const at::Tensor& perm,
+    const std::vector<int64_t>& bounds, const std::vector<double>& hyper,
+    const at::Tensor& loss_sum, const at::Tensor& correct, int64_t last_sums, bool keep_last) {
+  const int64_t update = update_;
+  const auto& params = params_;
+  const auto& grads = grads_;
+  const auto& state = state_;
+  const at::Tensor& flat_steps = flat_steps_;
   TORCH_CHECK(bounds.size() % 2 == 0, "bounds: pairs of (begin, end) expected");
   const size_t expected_hyper = update == kAdam || update == kAdamW ? 7
                                 : update == kSgdPlain                ? 1
                                 : update == kSgdFused                ? 6
                                                                      : 0;
   TORCH_CHECK(expected_hyper != 0 && hyper.size() == expected_hyper, "bad update or hyper");
-  TORCH_CHECK(state.size() == (update == kAdam || update == kAdamW ? 4u
-                               : update == kSgdFused              ? 1u
-                                                                  : 0u),
-              "bad state");
   if (!is_cpu(images, at::kFloat, 2) || !is_cpu(labels, at::kLong, 1) ||
       !is_cpu(perm, at::kLong, 1) || !is_cpu(loss_sum, at::kDouble, 0) ||
       !is_cpu(correct, at::kLong, 0) || images.size(0) != labels.size(0)) {
-    return 0;
+    return {0, at::Tensor(), {}};
   }
   at::NoGradGuard no_grad;
   const int64_t n = images.size(0), features = images.size(1), order = perm.size(0);
   int64_t widest = 0;
   for (size_t k = 0; k < bounds.size(); k += 2) {
-    if (bounds[k] < 0 || bounds[k + 1] > order || bounds[k + 1] - bounds[k] < 1) return 0;
+    if (bounds[k] < 0 || bounds[k + 1] > order || bounds[k + 1] - bounds[k] < 1) {
+      return {0, at::Tensor(), {}};
+    }
     widest = std::max(widest, bounds[k + 1] - bounds[k]);
   }
   // One batch buffer for all steps: nothing the step returns refers to its input.
@@ -90,7 +118,10 @@ int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at
   const bool adam = update == kAdam || update == kAdamW;
 
   int64_t done = 0;
+  at::Tensor sums;
+  std::vector<at::Tensor> kept;
   for (size_t k = 0; k < bounds.size(); k += 2) {
+    const bool last = k + 2 == bounds.size();
     const int64_t lo = bounds[k], m = bounds[k + 1] - bounds[k];
     at::Tensor x = x_all.narrow(0, 0, m), y = y_all.narrow(0, 0, m);
     float* xp = x.data_ptr<float>();
@@ -107,14 +138,25 @@ int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at
       yp[i] = label[row];
     }
     if (!in_range) break;
-    const std::vector<at::Tensor> out =
-        forward_backward(x, y, ops, scalars, tensors, needs_input_grad, false);
+    std::vector<at::Tensor> out =
+        forward_backward(x, y, ops_, scalars_, tensors_, needs_input_grad_, last && keep_last);
     if (out.empty()) break;
     // fit's _EpochSums.add: loss_sum += m · loss in float64 (the product is exact), correct +=
     // the step's right argmaxes, counted by the kernel.
     *total_loss += static_cast<double>(out[0].item<float>()) * static_cast<double>(m);
     *total_correct += out[2].item<int64_t>();
-    if (adam) {
+    if (last && last_sums != 0) {  // what FastStep._apply_update does with want_stats
+      if (adam) {
+        flat_steps.add_(1);
+        sums = adam_step(params, grads, state[0], state[1], flat_steps, hyper[0], hyper[1],
+                         hyper[2], hyper[3], hyper[4], update == kAdamW, true, last_sums == 1);
+      } else {
+        const bool fused = update == kSgdFused;  // else plain: no momentum, decay or maximize
+        sums = sgd_step(params, grads, fused ? state[0] : std::vector<at::Tensor>{}, hyper[0],
+                        fused ? hyper[1] : 0.0, fused ? hyper[2] : 0.0, fused ? hyper[3] : 0.0,
+                        fused && hyper[4] != 0.0, fused && hyper[5] != 0.0, false, true);
+      }
+    } else if (adam) {
       flat_steps.add_(1);
       // (lr, β₁, β₂, weight decay, ε, amsgrad, maximize): torch's argument order
       if (update == kAdamW) {
@@ -133,8 +175,9 @@ int64_t train_steps(const at::Tensor& images, const at::Tensor& labels, const at
       at::_fused_sgd_(params, grads, state[0], hyper[3], hyper[1], hyper[0], hyper[2],
                       hyper[4] != 0.0, hyper[5] != 0.0, false);
     }
+    if (last && keep_last) kept = std::move(out);
     ++done;
   }
-  for (const auto& counter : counters) counter.add_(done);
-  return done;
+  for (const auto& counter : counters_) counter.add_(done);
+  return {done, sums, kept};
 }

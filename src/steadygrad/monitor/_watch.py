@@ -345,6 +345,24 @@ class _FastObserver:
     def kept(self, key: object, tensors: list[torch.Tensor]) -> bool:
         return self._monitor._record_kept(key, tensors)
 
+    def keeps(self, key: object, count: int) -> bool:
+        """Whether :meth:`kept` of the next step, with ``count`` tensors of the program ``key``,
+        records it without a replay and without reading the weights, so that it may be called
+        after that step's update (``steadygrad.fit``'s native runs): a plan is learnt for that
+        program, and no copy of the weights waits to be compared with them."""
+        mon = self._monitor
+        plan = mon._kept_plan
+        return (
+            plan is not None
+            and plan.key() is key
+            and plan.size == count
+            and mon._snapshot is None
+            and mon._model is not None
+            and mon._model.training
+            and not (mon._closed or mon._broken or mon._paused)
+            and mon.records_next_step()
+        )
+
     def updated(self, params: list[torch.Tensor], stats: torch.Tensor | None) -> None:
         self._monitor._updated(params, stats)
 
@@ -455,6 +473,8 @@ class Monitor:
         self._learning: tuple[object, dict[int, int], int, int] | None = None
         # a step recorded from kept tensors, waiting for the update's sums (see _updated)
         self._kept_waiting: tuple[_State, _KeptPlan, list[torch.Tensor]] | None = None
+        # _updated's parameter list and each parameter's row in the update's sums
+        self._param_rows: tuple[list[torch.Tensor] | None, dict[int, int]] = (None, {})
         # the step about to begin gives its update's norms itself (no weight snapshot)
         self._norms_given = False
 
@@ -602,8 +622,12 @@ class Monitor:
                 f"{steps} steps from step {self._next_step} include a recorded step or the one "
                 f"before it; pass at most steps_to_pass() = {self.steps_to_pass()} at once"
             )
-        for _ in range(steps):
-            self._begin_forward_step()
+        self._begin_forward_step()
+        if steps > 1:
+            # none of the others is recorded or before a recorded one (steps_to_pass): each
+            # would only advance the counters (no record waits, _start clears the state)
+            self._next_step += steps - 1
+            self._start(self._next_step - 1)
 
     def steps_to_pass(self) -> int:
         """How many of the next steps a trainer may take without showing them to the monitor and
@@ -640,6 +664,7 @@ class Monitor:
             self._learning = None
             self._kept_waiting = None
             self._pending_updates = {}
+            self._param_rows = (None, {})
             self._model = None
             self._optimizer = None
             if self._writer is not None:
@@ -1377,7 +1402,12 @@ class Monitor:
         given: dict[int, tuple[torch.Tensor, int]] | None = None
         rows: list[list[float]] = []
         if stats is not None:
-            given = {id(p): (stats, k) for k, p in enumerate(params)}
+            # the rows of each parameter: the same list object on every step of a trainer
+            held, index = self._param_rows
+            if held is not params or len(index) != len(params):
+                index = {id(p): k for k, p in enumerate(params)}
+                self._param_rows = (params, index)
+            given = {key: (stats, k) for key, k in index.items()}
             rows = stats.tolist()
         waiting, self._kept_waiting = self._kept_waiting, None
         if waiting is not None:
@@ -1419,7 +1449,7 @@ class Monitor:
         if (
             kernels is None
             or first.dtype != torch.float32
-            or first.device.type != "cpu"
+            or not first.is_cpu
             or first.ndim != 2
             or not first.is_contiguous()
         ):
