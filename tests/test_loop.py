@@ -236,3 +236,74 @@ def test_fit_with_a_callback_takes_every_step_one_by_one(monkeypatch: pytest.Mon
     seen: list[int] = []
     fit(mlp(), dataset, config, on_step_end=lambda step, loss: seen.append(step))
     assert runs == [] and seen == list(range(1, 13))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "nesterov"])
+@pytest.mark.parametrize("last_sums", ["change", "all"])
+def test_the_last_step_gives_the_update_sums_and_kept_tensors(
+    optimizer: str, last_sums: str
+) -> None:
+    """What a monitor gets from a run's last step: the update's sums and the kept tensors that
+    the same step taken alone by try_fast (observer and update_stats) gives."""
+    images, labels, perm = data(6)
+    bounds = bounds_of(N, 20)[:5]
+    a, step_a, b, step_b = pair(optimizer)
+    la, ca = sums()
+    lb, cb = sums()
+    one_by_one(step_a, images, labels, perm, bounds[:1], la, ca)
+    one_by_one(step_b, images, labels, perm, bounds[:1], lb, cb)
+    one_by_one(step_a, images, labels, perm, bounds[1:4], la, ca)
+    got: list[Any] = []
+
+    class Keeper:
+        def enter(self, *args: Any) -> None: ...
+        def exit(self, *args: Any) -> None: ...
+        def gradient(self, *args: Any) -> None: ...
+        def backward_done(self) -> None: ...
+
+        def kept(self, key: object, tensors: list[torch.Tensor]) -> bool:
+            got.append([t.clone() for t in tensors])
+            return True
+
+        def updated(self, params: list[torch.Tensor], stats: torch.Tensor | None) -> None:
+            got.append(stats)
+
+    lo, hi = bounds[4]
+    keeper = Keeper()
+    loss, _ = step_a.try_fast(  # type: ignore[misc]
+        images[perm[lo:hi]],
+        labels[perm[lo:hi]],
+        observer=keeper,  # type: ignore[arg-type]
+        update_stats=keeper.updated,
+        change_only=last_sums == "change",
+    )
+    taken = step_b.train_steps(
+        images, labels, perm, bounds[1:], lb, cb, last_sums=last_sums, keep_last=True
+    )
+    assert taken.steps == 4 and taken.sums is not None and taken.kept is not None
+    kept_a, sums_a = got
+    torch.testing.assert_close(taken.sums, sums_a, rtol=0, atol=0, equal_nan=True)
+    if last_sums == "change" and optimizer.startswith("adam"):  # SGD's update takes all five
+        assert taken.sums[:, :4].isnan().all() and taken.sums[:, 4].isfinite().all()
+    else:
+        assert taken.sums.isfinite().all()
+    assert len(taken.kept) == len(kept_a) == step_b.kept_layout()[1]  # type: ignore[index]
+    for x, y in zip(taken.kept, kept_a, strict=True):
+        assert torch.equal(x, y)
+    assert taken.loss is not None and torch.equal(taken.loss, loss)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_run_that_stops_early_gives_no_last_step_extras() -> None:
+    images, labels, perm = data(7)
+    bounds = bounds_of(N, 20)[:4]
+    _, _, _, step = pair("adam")
+    ls, cs = sums()
+    bad = perm.clone()
+    bad[bounds[3][0]] = -1
+    taken = step.train_steps(images, labels, bad, bounds, ls, cs, last_sums="all", keep_last=True)
+    assert taken == (3, None, None, None)
+    # sums the update cannot give (amsgrad): declined before anything is done
+    _, _, _, ams = pair("amsgrad")
+    assert ams.train_steps(images, labels, perm, bounds, ls, cs, last_sums="all").steps == 0
