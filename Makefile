@@ -34,9 +34,9 @@ train: setup data
 # Side-by-side epoch timings (add `python -m benchmarks.setup_alternatives` first to include
 # Keras and JAX), inference latency, monitor overhead, the doctor's probe time and the GEMM.
 bench: setup data
-	$(BIN)/python -m benchmarks.epoch --with-alternatives
+	$(BIN)/python -m benchmarks.epoch --with-alternatives --threads 1
 	$(BIN)/python -m benchmarks.inference
-	$(BIN)/python -m benchmarks.monitor_overhead
+	$(BIN)/python -m benchmarks.monitor_overhead --threads 1
 	$(BIN)/python -m benchmarks.doctor_probe
 	$(BIN)/python -m benchmarks.gemm
 
