@@ -8,6 +8,7 @@ kernels in the same order, so the comparisons are exact (``torch.equal``), not a
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -307,3 +308,26 @@ def test_a_run_that_stops_early_gives_no_last_step_extras() -> None:
     # sums the update cannot give (amsgrad): declined before anything is done
     _, _, _, ams = pair("amsgrad")
     assert ams.train_steps(images, labels, perm, bounds, ls, cs, last_sums="all").steps == 0
+
+
+def test_fit_with_a_progress_bar_draws_it_where_runs_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs end at every ``progress_every``-th step, so the bar reads the running loss there, and
+    the epoch's numbers equal those of a run without a bar (runs of up to 100 steps)."""
+    from steadygrad import train
+    from steadygrad.data import Dataset, Split
+    from steadygrad.train import TrainConfig, fit
+
+    images, labels, _ = data(8)
+    split = Split(images, labels)
+    dataset = Dataset(train=split, validation=split, test=split, name="toy")
+    drawn: list[tuple[int, float]] = []
+    monkeypatch.setattr(
+        train._Bar, "update", lambda self, task, done, loss: drawn.append((done, loss))
+    )
+    config = dict(epochs=2, batch_size=10, device="cpu", progress_every=4)
+    shown = fit(mlp(), dataset, TrainConfig(**config, progress=True))  # type: ignore[arg-type]
+    hidden = fit(mlp(), dataset, TrainConfig(**config, progress=False))  # type: ignore[arg-type]
+    assert [done for done, _ in drawn] == [4, 8, 12, 16, 20] * 2  # 23 steps an epoch
+    assert all(math.isfinite(loss) for _, loss in drawn)
+    for a, b in zip(shown, hidden, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
