@@ -119,8 +119,7 @@ def test_it_continues_where_the_last_run_or_step_left_off() -> None:
     images, labels, perm = data(1)
     bounds = bounds_of(N, 20)
     a, step_a, b, step_b = pair("adam")
-    la, ca = sums()
-    lb, cb = sums()
+    (la, ca), (lb, cb) = sums(), sums()
     one_by_one(step_a, images, labels, perm, bounds, la, ca)
     assert step_b.train_steps(images, labels, perm, bounds[:3], lb, cb).steps == 3
     one_by_one(step_b, images, labels, perm, bounds[3:5], lb, cb)
@@ -133,8 +132,7 @@ def test_it_stops_before_a_step_it_cannot_take_and_changes_nothing_of_it() -> No
     images, labels, perm = data(2)
     bounds = bounds_of(N, 20)
     a, step_a, b, step_b = pair("adam")
-    la, ca = sums()
-    lb, cb = sums()
+    (la, ca), (lb, cb) = sums(), sums()
     one_by_one(step_a, images, labels, perm, bounds[:4], la, ca)
     bad = perm.clone()
     bad[bounds[4][0] + 3] = N  # an index out of range in the fifth batch
