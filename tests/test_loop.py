@@ -329,3 +329,11 @@ def test_fit_with_a_progress_bar_draws_it_where_runs_end(monkeypatch: pytest.Mon
     assert all(math.isfinite(loss) for _, loss in drawn)
     for a, b in zip(shown, hidden, strict=True):
         assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
+
+
+def test_an_unknown_last_sums_is_a_one_line_error() -> None:
+    images, labels, perm = data(9)
+    _, _, _, step = pair("adam")
+    ls, cs = sums()
+    with pytest.raises(ValueError, match=r"^last_sums must be None, 'change' or 'all'; got 'al'$"):
+        step.train_steps(images, labels, perm, [(0, 20)], ls, cs, last_sums="al")

@@ -923,12 +923,14 @@ class FastStep:
         keep_last: bool = False,
     ) -> StepsTaken:
         """Take the steps whose batches are ``perm[lo:hi]`` of ``(images, labels)`` for each
-        ``(lo, hi)`` of ``bounds``, in order, in one native call (``csrc/loop.cpp``); return how
-        many it took, 0 where it cannot (nothing done): the caller takes the rest one by one.
+        ``(lo, hi)`` of ``bounds``, in order, in one native call (``csrc/loop.cpp``). Returns a
+        :class:`StepsTaken` whose ``steps`` is how many it took, 0 where it cannot (nothing
+        done): the caller takes the rest one by one.
 
-        Each step equals ``self(images[perm[lo:hi]], labels[perm[lo:hi]])`` to float rounding,
-        and adds ``m · loss`` to ``loss_sum`` (float64, 0-d) and the batch's right argmaxes to
-        ``correct`` (int64, 0-d), as ``fit``'s epoch sums do. Where the per-step path would
+        Each step equals ``self(images[perm[lo:hi]], labels[perm[lo:hi]])`` taken by the native
+        kernel, bit for bit (the same kernels in the same order), and adds ``m · loss`` to
+        ``loss_sum`` (float64, 0-d) and the batch's right argmaxes to ``correct`` (int64, 0-d),
+        as ``fit``'s epoch sums do. Where the per-step path would
         differ from the kernel's (an index or label out of range, a batch of one with BatchNorm
         in train mode) the call stops before that step. It applies where the native chain does,
         with Adam/AdamW or SGD on the fused kernels (:meth:`_fused_ok`), no hooks other than
@@ -942,11 +944,13 @@ class FastStep:
         ``keep_last`` keeps its intermediate tensors (:meth:`_NativeChain.kept`'s list). Both
         come back in the :class:`StepsTaken` where that step was taken.
         """
+        if last_sums is not None and last_sums not in _LAST_SUMS:
+            raise ValueError(f"last_sums must be None, 'change' or 'all'; got {last_sums!r}")
         none = StepsTaken(0, None, None, None)
         native = self._native
         if native is None or not bounds or not hasattr(self._kernels, "TrainLoop"):
             return none
-        if last_sums is not None and (last_sums not in _LAST_SUMS or not self.gives_stats()):
+        if last_sums is not None and not self.gives_stats():
             return none
         if any(hi - lo < 2 for lo, hi in bounds) and any(
             bn.module.training for bn in self._batch_norms
