@@ -718,6 +718,15 @@ def _owned_by(owner: object | None, *registries: dict[int, Any]) -> bool:
     )
 
 
+def _plain_sgd(group: dict[str, Any]) -> bool:
+    """SGD without momentum, weight decay or maximize: ``θ ← θ − η g``, one foreach add."""
+    return (
+        float(group["momentum"]) == 0.0
+        and float(group["weight_decay"]) == 0.0
+        and not bool(group["maximize"])
+    )
+
+
 class StepsTaken(NamedTuple):
     """What :meth:`FastStep.train_steps` did: ``steps`` taken; for its last step, where it
     was taken and they were asked for, the update's ``sums`` (:meth:`StepObserver.updated`'s
@@ -859,15 +868,8 @@ class FastStep:
         self.fast_calls += 1
         with torch.no_grad():
             self._link_grads()
-            # BatchNorm counts its training batches (all layers with one foreach call); the
-            # buffer read from the module's dict: Module.__getattr__ cost 8 µs a step here
-            counters = []
-            for bn in self._batch_norms:
-                module = bn.module
-                if module.training:
-                    tracked = module._buffers.get("num_batches_tracked")
-                    if tracked is not None:
-                        counters.append(tracked)
+            # BatchNorm counts its training batches (all layers with one foreach call)
+            counters = self._batch_counters()
             if counters:
                 torch._foreach_add_(counters, 1)
             if self._native is not None:
@@ -974,21 +976,14 @@ class FastStep:
             hyper += [float(group["maximize"])]
             state = self._state_lists
         else:
-            momentum = float(group["momentum"])
-            weight_decay = float(group["weight_decay"])
-            maximize = bool(group["maximize"])
-            if momentum == 0.0 and weight_decay == 0.0 and not maximize:
+            if _plain_sgd(group):
                 update, hyper, state = _LOOP_SGD_PLAIN, [lr], _NO_STATE
             else:
                 update, state = _LOOP_SGD_FUSED, self._state_lists
-                hyper = [lr, momentum, float(group["dampening"]), weight_decay]
-                hyper += [float(group["nesterov"]), float(maximize)]
-        counters = []
-        for bn in self._batch_norms:
-            if bn.module.training:
-                tracked = bn.module._buffers.get("num_batches_tracked")
-                if tracked is not None:
-                    counters.append(tracked)
+                hyper = [lr, float(group["momentum"]), float(group["dampening"])]
+                hyper += [float(group["weight_decay"]), float(group["nesterov"])]
+                hyper += [float(group["maximize"])]
+        counters = self._batch_counters()
         flat: list[int] = [i for pair in bounds for i in pair]
         with torch.no_grad():
             self._link_grads()
@@ -1037,6 +1032,18 @@ class FastStep:
             return StepsTaken(done, sums if done == len(bounds) else None, None, None)
         outputs, gradients = native.unpack(out)
         return StepsTaken(done, sums, out[0], native.kept(outputs, gradients))
+
+    def _batch_counters(self) -> list[Tensor]:
+        """The ``num_batches_tracked`` buffers of the train-mode BatchNorms, read from the
+        modules' buffer dicts (``Module.__getattr__`` cost 8 µs a step here)."""
+        counters = []
+        for bn in self._batch_norms:
+            module = bn.module
+            if module.training:
+                tracked = module._buffers.get("num_batches_tracked")
+                if tracked is not None:
+                    counters.append(tracked)
+        return counters
 
     @property
     def params(self) -> list[Tensor]:
@@ -1303,10 +1310,7 @@ class FastStep:
                 maximize=bool(group["maximize"]),
             )
         else:
-            momentum = float(group["momentum"])
-            weight_decay = float(group["weight_decay"])
-            maximize = bool(group["maximize"])
-            if momentum == 0.0 and weight_decay == 0.0 and not maximize:
+            if _plain_sgd(group):
                 # θ ← θ − η g: the single-tensor SGD's own kernel, one call for all parameters
                 torch._foreach_add_(self._params, self._grads, alpha=-lr)
             else:
@@ -1315,12 +1319,12 @@ class FastStep:
                     self._params,
                     self._grads,
                     buffers,
-                    weight_decay=weight_decay,
-                    momentum=momentum,
+                    weight_decay=float(group["weight_decay"]),
+                    momentum=float(group["momentum"]),
                     lr=lr,
                     dampening=float(group["dampening"]),
                     nesterov=bool(group["nesterov"]),
-                    maximize=maximize,
+                    maximize=bool(group["maximize"]),
                     is_first_step=self._first_momentum_step,
                 )
                 self._after_first_momentum_step()

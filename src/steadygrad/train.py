@@ -605,10 +605,9 @@ def _fit(
                 # reads the same sums. With a monitor, a run's last step may be the one before a
                 # recorded step (its update's norm goes into the record) or the recorded step
                 # itself, shown to the monitor from its kept tensors after the run.
-                end = min(len(plan), (k // cfg.progress_every + 1) * cfg.progress_every)
-                if not show:
-                    end = min(len(plan), k + _RUN)
-                last: str | None = None  # None, "change" or "kept"
+                end = (k // cfg.progress_every + 1) * cfg.progress_every if show else k + _RUN
+                end = min(len(plan), end)
+                last: str | None = None  # the run's last step's sums: None, "change" or "all"
                 if monitor is not None:
                     end, last = _monitored_run(monitor, observer, fast_step, k, end)
                 taken = None
@@ -622,8 +621,8 @@ def _fit(
                         sums.loss_sum,
                         sums.correct,
                         ignore_hooks_of=monitor,
-                        last_sums={"change": "change", "kept": "all"}.get(last or ""),
-                        keep_last=last == "kept",
+                        last_sums=last,
+                        keep_last=last == "all",  # a recorded step
                     )
                 if taken is not None and taken.steps:
                     if monitor is not None:
@@ -715,14 +714,15 @@ def _monitored_run(
 ) -> tuple[int, str | None]:
     """Where a native run from the epoch's step ``k`` ends (≤ ``end``) with ``monitor``
     watching, and what its last step is: None (all unrecorded), ``"change"`` (the step before a
-    recorded one: its update gives the record's update norm) or ``"kept"`` (a recorded step,
-    alone, shown to the monitor from its kept tensors after the run). ``k`` itself: no run."""
+    recorded one: its update gives the record's update norm) or ``"all"`` (a recorded step,
+    alone, its update giving all the sums, shown to the monitor from its kept tensors after the
+    run). ``k`` itself: no run."""
     if observer is None or step is None:
         return k, None
     if monitor.records_next_step():
         layout = step.kept_layout()
         if layout is not None and observer.keeps(*layout) and step.gives_stats():
-            return k + 1, "kept"
+            return k + 1, "all"
         return k, None  # the first recorded step (the monitor learns its plan), hooks, ...
     ahead = monitor.steps_to_pass()
     if k + ahead < end and step.gives_stats():
@@ -754,7 +754,7 @@ def _tell_monitor(
         # recorded from its kept tensors without a replay, as _FastObserver.keeps promised
         observer.kept(layout[0], taken.kept)
     observer.updated(step.params, taken.sums)
-    if last == "kept":
+    if last == "all":
         assert taken.loss is not None
         monitor.log_loss(taken.loss)
 

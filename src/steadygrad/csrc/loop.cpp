@@ -7,8 +7,8 @@
 // Why by hand: at batch 50 the interpreter and pybind around each step (argument lists, the
 // update's call, the sums' two small kernels, the loop itself) cost ~130 µs of a ~1.3 ms step on
 // the reference network; jax.lax.scan runs a whole epoch without them. Nothing here is new
-// arithmetic: the same kernels run in the same order, so the weights after N steps equal the
-// per-step path's to float rounding (tests/test_native.py, tests/test_train.py).
+// arithmetic: the same kernels run in the same order, so the weights, optimizer state and sums
+// after N steps equal the native per-step path's bit for bit (tests/test_loop.py).
 #include "loop.h"
 
 #include <ATen/ATen.h>
@@ -82,17 +82,9 @@ std::tuple<int64_t, at::Tensor, std::vector<at::Tensor>> TrainLoop::run(
     const at::Tensor& images, const at::Tensor& labels, const at::Tensor& perm,
     const std::vector<int64_t>& bounds, const std::vector<double>& hyper,
     const at::Tensor& loss_sum, const at::Tensor& correct, int64_t last_sums, bool keep_last) {
-  const int64_t update = update_;
-  const auto& params = params_;
-  const auto& grads = grads_;
-  const auto& state = state_;
-  const at::Tensor& flat_steps = flat_steps_;
+  const bool adam = update_ == kAdam || update_ == kAdamW;
   TORCH_CHECK(bounds.size() % 2 == 0, "bounds: pairs of (begin, end) expected");
-  const size_t expected_hyper = update == kAdam || update == kAdamW ? 7
-                                : update == kSgdPlain                ? 1
-                                : update == kSgdFused                ? 6
-                                                                     : 0;
-  TORCH_CHECK(expected_hyper != 0 && hyper.size() == expected_hyper, "bad update or hyper");
+  TORCH_CHECK(hyper.size() == (adam ? 7u : update_ == kSgdPlain ? 1u : 6u), "bad hyper");
   if (!is_cpu(images, at::kFloat, 2) || !is_cpu(labels, at::kLong, 1) ||
       !is_cpu(perm, at::kLong, 1) || !is_cpu(loss_sum, at::kDouble, 0) ||
       !is_cpu(correct, at::kLong, 0) || images.size(0) != labels.size(0)) {
@@ -115,7 +107,6 @@ std::tuple<int64_t, at::Tensor, std::vector<at::Tensor>> TrainLoop::run(
   const int64_t* index = perm.data_ptr<int64_t>();
   double* total_loss = loss_sum.data_ptr<double>();
   int64_t* total_correct = correct.data_ptr<int64_t>();
-  const bool adam = update == kAdam || update == kAdamW;
 
   int64_t done = 0;
   at::Tensor sums;
@@ -147,32 +138,32 @@ std::tuple<int64_t, at::Tensor, std::vector<at::Tensor>> TrainLoop::run(
     *total_correct += out[2].item<int64_t>();
     if (last && last_sums != 0) {  // what FastStep._apply_update does with want_stats
       if (adam) {
-        flat_steps.add_(1);
-        sums = adam_step(params, grads, state[0], state[1], flat_steps, hyper[0], hyper[1],
-                         hyper[2], hyper[3], hyper[4], update == kAdamW, true, last_sums == 1);
+        flat_steps_.add_(1);
+        sums = adam_step(params_, grads_, state_[0], state_[1], flat_steps_, hyper[0], hyper[1],
+                         hyper[2], hyper[3], hyper[4], update_ == kAdamW, true, last_sums == 1);
       } else {
-        const bool fused = update == kSgdFused;  // else plain: no momentum, decay or maximize
-        sums = sgd_step(params, grads, fused ? state[0] : std::vector<at::Tensor>{}, hyper[0],
+        const bool fused = update_ == kSgdFused;  // else plain: no momentum, decay or maximize
+        sums = sgd_step(params_, grads_, fused ? state_[0] : std::vector<at::Tensor>{}, hyper[0],
                         fused ? hyper[1] : 0.0, fused ? hyper[2] : 0.0, fused ? hyper[3] : 0.0,
                         fused && hyper[4] != 0.0, fused && hyper[5] != 0.0, false, true);
       }
     } else if (adam) {
-      flat_steps.add_(1);
+      flat_steps_.add_(1);
       // (lr, β₁, β₂, weight decay, ε, amsgrad, maximize): torch's argument order
-      if (update == kAdamW) {
-        at::_fused_adamw_(params, grads, state[0], state[1], state[2], state[3], hyper[0],
+      if (update_ == kAdamW) {
+        at::_fused_adamw_(params_, grads_, state_[0], state_[1], state_[2], state_[3], hyper[0],
                           hyper[1], hyper[2], hyper[4], hyper[3], hyper[5] != 0.0,
                           hyper[6] != 0.0);
       } else {
-        at::_fused_adam_(params, grads, state[0], state[1], state[2], state[3], hyper[0],
+        at::_fused_adam_(params_, grads_, state_[0], state_[1], state_[2], state_[3], hyper[0],
                          hyper[1], hyper[2], hyper[4], hyper[3], hyper[5] != 0.0,
                          hyper[6] != 0.0);
       }
-    } else if (update == kSgdPlain) {
-      at::_foreach_add_(params, grads, -hyper[0]);
+    } else if (update_ == kSgdPlain) {
+      at::_foreach_add_(params_, grads_, -hyper[0]);
     } else {
       // (weight decay, momentum, lr, dampening, nesterov, maximize, first step): torch's order
-      at::_fused_sgd_(params, grads, state[0], hyper[3], hyper[1], hyper[0], hyper[2],
+      at::_fused_sgd_(params_, grads_, state_[0], hyper[3], hyper[1], hyper[0], hyper[2],
                       hyper[4] != 0.0, hyper[5] != 0.0, false);
     }
     if (last && keep_last) kept = std::move(out);

@@ -351,15 +351,10 @@ class _FastObserver:
         after that step's update (``steadygrad.fit``'s native runs): a plan is learnt for that
         program, and no copy of the weights waits to be compared with them."""
         mon = self._monitor
-        plan = mon._kept_plan
         return (
-            plan is not None
-            and plan.key() is key
-            and plan.size == count
+            mon._watching_training()
+            and mon._plan_fits(key, count)
             and mon._snapshot is None
-            and mon._model is not None
-            and mon._model.training
-            and not (mon._closed or mon._broken or mon._paused)
             and mon.records_next_step()
         )
 
@@ -473,8 +468,6 @@ class Monitor:
         self._learning: tuple[object, dict[int, int], int, int] | None = None
         # a step recorded from kept tensors, waiting for the update's sums (see _updated)
         self._kept_waiting: tuple[_State, _KeptPlan, list[torch.Tensor]] | None = None
-        # _updated's parameter list and each parameter's row in the update's sums
-        self._param_rows: tuple[list[torch.Tensor] | None, dict[int, int]] = (None, {})
         # the step about to begin gives its update's norms itself (no weight snapshot)
         self._norms_given = False
 
@@ -664,7 +657,6 @@ class Monitor:
             self._learning = None
             self._kept_waiting = None
             self._pending_updates = {}
-            self._param_rows = (None, {})
             self._model = None
             self._optimizer = None
             if self._writer is not None:
@@ -1354,6 +1346,18 @@ class Monitor:
 
     # ------------------------------------------------------------------ native steps, direct
 
+    def _watching_training(self) -> bool:
+        """Open, working, not paused, and the model in train mode."""
+        model = self._model
+        return not (self._closed or self._broken or self._paused) and (
+            model is not None and model.training
+        )
+
+    def _plan_fits(self, key: object, count: int) -> bool:
+        """Whether the learnt plan is for the program ``key`` with ``count`` kept tensors."""
+        plan = self._kept_plan
+        return plan is not None and plan.key() is key and plan.size == count
+
     def _record_kept(self, key: object, tensors: list[torch.Tensor]) -> bool:
         """Record a native fast step from its kept tensors (:meth:`_FastObserver.kept`).
 
@@ -1366,12 +1370,10 @@ class Monitor:
         :meth:`_finalize_kept` from the same positions. Returns False when the step must be
         replayed.
         """
-        if self._closed or self._broken or self._paused or self._model is None:
+        model = self._model
+        if model is None or not self._watching_training():
             return False
-        if not self._model.training:
-            return False
-        plan = self._kept_plan
-        if plan is None or plan.key() is not key or plan.size != len(tensors):
+        if not self._plan_fits(key, len(tensors)):
             self._kept_plan = None
             ids = {id(t): i for i, t in enumerate(tensors)}
             self._learning = (key, ids, self._next_step, len(self._notes))
@@ -1379,13 +1381,15 @@ class Monitor:
         self._emulating = True  # no hooks to arm: nothing runs through the modules
         self._norms_given = True  # the update gives its norms (see _updated)
         try:
-            self._root_begin(self._model, (tensors[0],))
+            self._root_begin(model, (tensors[0],))
         finally:
             self._emulating = False
             self._norms_given = False
         state = self._state
         if state is None or state.finalized or state.step != self._step or self._broken:
             return True  # counted by _root_begin, nothing (more) to record
+        plan = self._kept_plan
+        assert plan is not None  # _plan_fits above
         self._queue_kept(state, plan, tensors)
         return True
 
@@ -1402,12 +1406,7 @@ class Monitor:
         given: dict[int, tuple[torch.Tensor, int]] | None = None
         rows: list[list[float]] = []
         if stats is not None:
-            # the rows of each parameter: the same list object on every step of a trainer
-            held, index = self._param_rows
-            if held is not params or len(index) != len(params):
-                index = {id(p): k for k, p in enumerate(params)}
-                self._param_rows = (params, index)
-            given = {key: (stats, k) for key, k in index.items()}
+            given = {id(p): (stats, k) for k, p in enumerate(params)}
             rows = stats.tolist()
         waiting, self._kept_waiting = self._kept_waiting, None
         if waiting is not None:
