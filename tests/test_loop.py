@@ -302,7 +302,7 @@ def test_a_run_that_stops_early_gives_no_last_step_extras() -> None:
     bad = perm.clone()
     bad[bounds[3][0]] = -1
     taken = step.train_steps(images, labels, bad, bounds, ls, cs, last_sums="all", keep_last=True)
-    assert taken == (3, None, None, None)
+    assert taken == (3, None, None, None, None)
     # sums the update cannot give (amsgrad): declined before anything is done
     _, _, _, ams = pair("amsgrad")
     assert ams.train_steps(images, labels, perm, bounds, ls, cs, last_sums="all").steps == 0

@@ -868,24 +868,33 @@ def test_kept_records_equal_replayed_records(
     name: str, every: int, optimizer: str, tmp_path: Any
 ) -> None:
     """After one replayed step, fit's recorded native steps are recorded from the kernel's kept
-    tensors and the update's sums, without a replay: the records equal those of replaying every
-    step (the same statistics of the same tensors, reduced in the same kernel)."""
+    tensors and the update's sums, without a replay (inside native runs, or one by one): the
+    records equal those of replaying every step (the same statistics of the same tensors,
+    reduced in the same kernel)."""
     from steadygrad.monitor import _watch
 
     build = KEPT_MODELS[name]
     calls = {"fast": 0, "slow": 0}
     fast_finalize = _watch.Monitor._finalize_kept
+    in_run = _watch.Monitor._record_row
 
     def counting(self: Any, *args: Any) -> bool:
         done = fast_finalize(self, *args)
         calls["fast" if done else "slow"] += 1
         return done
 
+    def counting_in_run(self: Any, *args: Any) -> None:
+        calls["fast"] += 1
+        in_run(self, *args)
+
     kept = _monitored_fit(
         build,
         every,
         tmp_path / "kept",
-        {(_watch.Monitor, "_finalize_kept"): counting},
+        {
+            (_watch.Monitor, "_finalize_kept"): counting,
+            (_watch.Monitor, "_record_row"): counting_in_run,
+        },
         optimizer=optimizer,
     )
     replayed = _monitored_fit(
@@ -912,7 +921,10 @@ def test_kept_records_take_the_slow_path_where_sums_do_not_suffice(tmp_path: Any
         build,
         2,
         tmp_path / "slow",
-        {(_watch.Monitor, "_finalize_kept"): lambda self, *args: False},
+        {
+            (_watch.Monitor, "_finalize_kept"): lambda self, *args: False,
+            (_watch._FastObserver, "run_plan"): lambda self, *args: None,  # no runs recording
+        },
     )
     replayed = _monitored_fit(
         build,

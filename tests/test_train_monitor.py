@@ -275,3 +275,81 @@ def test_histograms_of_replayed_steps_match_the_plain_run(tmp_path: Path) -> Non
                 # a value on a bin edge may fall on either side: counts agree to ±2 per bin
                 diff = torch.tensor(ha["counts"]) - torch.tensor(hb["counts"])
                 assert int(diff.abs().max()) <= 2, (a.step, name, which)
+
+
+def _records_by_path(
+    every: int, optimizer: str, batched: bool, tmp_path: Path, cancelling: bool = False
+) -> tuple[list[dict[str, Any]], int, int]:
+    """fit's records with the recorded steps recorded inside native runs (``batched``) or each
+    taken alone by the per-step native path and read from its kept tensors
+    (``_FastObserver.run_plan`` says no); the number of native calls (runs and single steps),
+    and of records the monitor had to finish by its precise path."""
+    from steadygrad.monitor import _watch
+
+    torch.manual_seed(1)
+    model = models.mlp(20, [16, 8], 3, batch_norm="before")
+    if cancelling:  # W ≈ 1 + 0.1 % noise: var < CANCELLATION · mean², the sums do not suffice
+        with torch.no_grad():
+            model[-1].weight.copy_(1.0 + 1e-3 * torch.randn_like(model[-1].weight))
+    runs: list[int] = []
+    slow: list[int] = []
+    original_run = fast.FastStep.train_steps
+    original_step = fast.FastStep.try_fast
+    original_slow = _watch.Monitor._finalize_kept_slowly
+
+    def counting_run(self: fast.FastStep, *args: Any, **kwargs: Any) -> fast.StepsTaken:
+        taken = original_run(self, *args, **kwargs)
+        runs.append(taken.steps)
+        return taken
+
+    def counting_step(self: fast.FastStep, *args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return original_step(self, *args, **kwargs)
+
+    def counting_slow(self: Any, *args: Any, **kwargs: Any) -> None:
+        slow.append(1)
+        original_slow(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast.FastStep, "train_steps", counting_run)
+        mp.setattr(fast.FastStep, "try_fast", counting_step)
+        mp.setattr(_watch.Monitor, "_finalize_kept_slowly", counting_slow)
+        if not batched:
+            mp.setattr(_watch._FastObserver, "run_plan", lambda self, *a: None)
+        with monitor.watch(model, every=every, out=tmp_path) as mon:
+            lr = 1e-4 if cancelling else 0.01  # slow enough to keep W's entries together
+            fit(model, toy_data(), cfg(epochs=2, optimizer=optimizer, lr=lr), monitor=mon)
+    assert [r.step for r in monitor.read(tmp_path).records] == [r.step for r in mon.records]
+    return [r.to_dict() for r in mon.records], len(runs), len(slow)
+
+
+@pytest.mark.skipif(native.load() is None, reason="native kernels not built")
+@pytest.mark.parametrize(("every", "optimizer"), [(1, "adam"), (3, "momentum"), (5, "adam")])
+def test_records_inside_native_runs_equal_those_of_steps_taken_alone(
+    every: int, optimizer: str, tmp_path: Path
+) -> None:
+    """Recording inside a native run (loop.cpp with a RecordPlan) runs the same kernels in the
+    same order as the per-step native path whose kept tensors the monitor reads after each
+    recorded step: the same records, number for number, in far fewer native calls."""
+    inside, calls_inside, slow = _records_by_path(every, optimizer, True, tmp_path / "in")
+    apart, calls_apart, _ = _records_by_path(every, optimizer, False, tmp_path / "apart")
+    assert [r["step"] for r in inside] == list(range(0, 2 * STEPS_PER_EPOCH, every))
+    assert inside == apart
+    assert all(layer["update_ratio"] is not None for r in inside[1:] for layer in r["layers"])
+    assert slow == 0
+    # the first step alone (recorded and replayed: the monitor learns its plan), then one run
+    # per epoch; apart, every recorded step is a native call of its own
+    assert calls_inside == 3
+    assert calls_apart >= len(inside)
+
+
+@pytest.mark.skipif(native.load() is None, reason="native kernels not built")
+@pytest.mark.parametrize("every", [1, 4])
+def test_a_recorded_step_whose_sums_do_not_suffice_ends_the_run_and_is_recorded_precisely(
+    every: int, tmp_path: Path
+) -> None:
+    inside, calls, slow = _records_by_path(every, "adam", True, tmp_path / "in", True)
+    apart, _, slow_apart = _records_by_path(every, "adam", False, tmp_path / "apart", True)
+    assert slow == slow_apart == len(inside) - 1  # all but the first (replayed) one
+    assert calls >= slow + 1  # each such step ended its run
+    assert inside == apart

@@ -68,6 +68,7 @@ RReLU's random slope, dropout, other layers, several parameter groups, …).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -81,7 +82,7 @@ from torch.utils.hooks import RemovableHandle
 from steadygrad import activations
 from steadygrad.nn import BatchNorm, Dense
 
-__all__ = ["FastStep", "StepObserver", "StepsTaken", "make_step", "supports"]
+__all__ = ["FastStep", "RunRecords", "StepObserver", "StepsTaken", "make_step", "supports"]
 
 _aten: Any = torch.ops.aten
 _nll_forward: Any = _aten.nll_loss_forward.default
@@ -487,6 +488,24 @@ class _NativeChain:
                 gradients[part] = grad
         return outputs, gradients
 
+    @functools.cached_property
+    def kept_positions(self) -> list[int]:
+        """Where each of :meth:`kept`'s tensors is in the kernel's kept result (``unpack``'s
+        layout: after loss, logits and correct, each op's output, pre-activation, ∂L/∂output)."""
+        outputs: dict[_Layer, int] = {}
+        gradients: dict[_Linear, int] = {}
+        for i, part in enumerate(self.parts):
+            act = self.fused[i]
+            if act is not None:
+                outputs[part], outputs[act] = 4 + 3 * i, 3 + 3 * i
+            else:
+                outputs[part] = 3 + 3 * i
+            if isinstance(part, _Linear):
+                gradients[part] = 5 + 3 * i
+        return [outputs[layer] for layer in self.layers] + [
+            gradients[layer] for layer in self.layers if isinstance(layer, _Linear)
+        ]
+
     @property
     def kept_count(self) -> int:
         """How many tensors :meth:`kept` gives: every layer's output and each Linear's ∂L/∂z."""
@@ -730,12 +749,31 @@ def _plain_sgd(group: dict[str, Any]) -> bool:
 class StepsTaken(NamedTuple):
     """What :meth:`FastStep.train_steps` did: ``steps`` taken; for its last step, where it
     was taken and they were asked for, the update's ``sums`` (:meth:`StepObserver.updated`'s
-    layout), its ``loss`` (0-d) and its ``kept`` tensors (:meth:`StepObserver.kept`'s list)."""
+    layout), its ``loss`` (0-d) and its ``kept`` tensors (:meth:`StepObserver.kept`'s list);
+    ``records``: one float64 row per recorded step taken (:class:`RunRecords`), None if none
+    was asked."""
 
     steps: int
     sums: Tensor | None
     loss: Tensor | None
     kept: list[Tensor] | None
+    records: Tensor | None = None
+
+
+class RunRecords(NamedTuple):
+    """Steps of a :meth:`FastStep.train_steps` run that a monitor records where they run:
+    ``at``, their positions in the run (ascending); ``plan``, what is recorded of each
+    (:meth:`FastStep.record_plan`'s).
+
+    Each recorded step keeps its tensors and takes its update with all the parameters' sums,
+    the step before it with Σ(Δθ)²; its row of :attr:`StepsTaken.records` holds
+    ``record_stats``'s numbers over them (``csrc/stats.cpp``; the last of them 1 where they
+    suffice), the step's loss, then per plan row Σ(Δθ)² of the update before the step (NaN where
+    that update was not in the run). A row whose numbers do not suffice ends the run with its
+    step, returned as a kept last step (``sums``, ``loss``, ``kept``)."""
+
+    at: list[int]
+    plan: object
 
 
 class FastStep:
@@ -923,6 +961,7 @@ class FastStep:
         ignore_hooks_of: object | None = None,
         last_sums: str | None = None,
         keep_last: bool = False,
+        records: RunRecords | None = None,
     ) -> StepsTaken:
         """Take the steps whose batches are ``perm[lo:hi]`` of ``(images, labels)`` for each
         ``(lo, hi)`` of ``bounds``, in order, in one native call (``csrc/loop.cpp``). Returns a
@@ -944,7 +983,8 @@ class FastStep:
         ``last_sums="change"`` or ``"all"`` takes its update with the parameters' sums
         (``update_stats``'s; ``"change"``: Σ(Δθ)² only), where :meth:`gives_stats` holds;
         ``keep_last`` keeps its intermediate tensors (:meth:`_NativeChain.kept`'s list). Both
-        come back in the :class:`StepsTaken` where that step was taken.
+        come back in the :class:`StepsTaken` where that step was taken. ``records``: steps
+        recorded where they run (:class:`RunRecords`), also where :meth:`gives_stats` holds.
         """
         if last_sums is not None and last_sums not in _LAST_SUMS:
             raise ValueError(f"last_sums must be None, 'change' or 'all'; got {last_sums!r}")
@@ -952,7 +992,7 @@ class FastStep:
         native = self._native
         if native is None or not bounds or not hasattr(self._kernels, "TrainLoop"):
             return none
-        if last_sums is not None and not self.gives_stats():
+        if (last_sums is not None or records is not None) and not self.gives_stats():
             return none
         if any(hi - lo < 2 for lo, hi in bounds) and any(
             bn.module.training for bn in self._batch_norms
@@ -1012,7 +1052,7 @@ class FastStep:
                 )
                 self._loop_bound, self._loop_counters = bound, counters
                 self._loop_update = update
-            done, sums, out = self._loop.run(
+            done, sums, out, rows = self._loop.run(
                 images,
                 labels,
                 perm,
@@ -1022,16 +1062,43 @@ class FastStep:
                 correct,
                 _LAST_SUMS.get(last_sums, 0) if last_sums is not None else 0,
                 keep_last,
+                [] if records is None else records.at,
+                None if records is None else records.plan,
             )
         if done:
             self.fast_calls += done
             self.native_calls += done
             self.last_correct = None
             opt._opt_called = True  # type: ignore[attr-defined]
-        if done < len(bounds) or not out:
-            return StepsTaken(done, sums if done == len(bounds) else None, None, None)
+        if rows is not None and not rows.numel():
+            rows = None
+        if not out:
+            return StepsTaken(done, sums if done == len(bounds) else None, None, None, rows)
         outputs, gradients = native.unpack(out)
-        return StepsTaken(done, sums, out[0], native.kept(outputs, gradients))
+        return StepsTaken(done, sums, out[0], native.kept(outputs, gradients), rows)
+
+    def record_plan(
+        self,
+        tensors: Sequence[int],
+        kinds: Sequence[int],
+        params: Sequence[float],
+        rows: Sequence[int],
+        numels: Sequence[int],
+        cancellation: float,
+    ) -> object | None:
+        """The native plan of :class:`RunRecords`: ``record_stats``'s requests (``csrc/stats.cpp``)
+        over the kept tensors at ``tensors`` (indices into :meth:`StepObserver.kept`'s list),
+        with ``kinds`` and two ``params`` each, and the weights' ``rows`` of the update's sums
+        (:attr:`params`' order) with their ``numels``; None without the native loop."""
+        native = self._native
+        if native is None or not hasattr(self._kernels, "RecordPlan"):
+            return None
+        where = native.kept_positions
+        plan: object = self._kernels.RecordPlan(
+            [where[i] for i in tensors], list(kinds), list(params), list(rows), list(numels),
+            cancellation,
+        )
+        return plan
 
     def _batch_counters(self) -> list[Tensor]:
         """The ``num_batches_tracked`` buffers of the train-mode BatchNorms, read from the

@@ -602,14 +602,16 @@ def _fit(
                 # Runs of steps nothing needs to see one by one (no callback; with a monitor,
                 # the steps it does not record) go to the native loop in one call (csrc/loop.cpp,
                 # FastStep.train_steps). A run ends where the progress bar is drawn, so the bar
-                # reads the same sums. With a monitor, a run's last step may be the one before a
-                # recorded step (its update's norm goes into the record) or the recorded step
-                # itself, shown to the monitor from its kept tensors after the run.
+                # reads the same sums. With a monitor, the recorded steps are recorded inside the
+                # run (fast.RunRecords) once the monitor has learnt from one replayed step what to
+                # read; until then a run ends before a recorded step, its last step's update
+                # giving that record's update norm.
                 end = (k // cfg.progress_every + 1) * cfg.progress_every if show else k + _RUN
                 end = min(len(plan), end)
-                last: str | None = None  # the run's last step's sums: None, "change" or "all"
+                last: str | None = None  # the run's last step's sums: None or "change"
+                records: fast.RunRecords | None = None
                 if monitor is not None:
-                    end, last = _monitored_run(monitor, observer, fast_step, k, end)
+                    end, last, records = _monitored_run(monitor, observer, fast_step, k, end)
                 taken = None
                 if chunked and end > k:
                     assert fast_step is not None
@@ -622,11 +624,11 @@ def _fit(
                         sums.correct,
                         ignore_hooks_of=monitor,
                         last_sums=last,
-                        keep_last=last == "all",  # a recorded step
+                        records=records,
                     )
                 if taken is not None and taken.steps:
                     if monitor is not None:
-                        _tell_monitor(monitor, observer, fast_step, taken, end - k, last)
+                        _tell_monitor(monitor, observer, fast_step, taken, end - k, last, records)
                     sums.count += sum(hi - lo for lo, hi in plan[k : k + taken.steps])
                     k += taken.steps
                     progress.step += taken.steps
@@ -711,23 +713,34 @@ def _monitored_run(
     step: fast.FastStep | None,
     k: int,
     end: int,
-) -> tuple[int, str | None]:
+) -> tuple[int, str | None, fast.RunRecords | None]:
     """Where a native run from the epoch's step ``k`` ends (≤ ``end``) with ``monitor``
-    watching, and what its last step is: None (all unrecorded), ``"change"`` (the step before a
-    recorded one: its update gives the record's update norm) or ``"all"`` (a recorded step,
-    alone, its update giving all the sums, shown to the monitor from its kept tensors after the
-    run). ``k`` itself: no run."""
+    watching, whether its last step's update gives Σ(Δθ)² (``"change"``: the step after the run
+    is recorded, and that is its update ratio's numerator; else None), and the run's steps
+    recorded where they run.
+
+    Once the monitor has learnt what to read of a native step (``observer.run_plan``), the run
+    goes to ``end`` and records its recorded steps inside (one call, whatever ``every``).
+    Before that, the run stops before the next recorded step, which the caller's per-step path
+    takes and replays to the monitor, which learns from it (``k`` itself: no run)."""
     if observer is None or step is None:
-        return k, None
+        return k, None, None
+    layout = step.kept_layout()
+    if layout is not None and step.gives_stats():
+        plan = observer.run_plan(*layout, step.params, step.record_plan)
+        if plan is not None:
+            every = monitor.every
+            first = 0 if monitor.records_next_step() else monitor.steps_to_pass() + 1
+            steps = end - k
+            at = list(range(first, steps, every))
+            after = steps >= first and (steps - first) % every == 0  # the step after the run
+            return end, "change" if after else None, fast.RunRecords(at, plan) if at else None
     if monitor.records_next_step():
-        layout = step.kept_layout()
-        if layout is not None and observer.keeps(*layout) and step.gives_stats():
-            return k + 1, "all"
-        return k, None  # the first recorded step (the monitor learns its plan), hooks, ...
+        return k, None, None
     ahead = monitor.steps_to_pass()
     if k + ahead < end and step.gives_stats():
-        return k + ahead + 1, "change"
-    return min(end, k + ahead), None
+        return k + ahead + 1, "change", None
+    return min(end, k + ahead), None, None
 
 
 def _tell_monitor(
@@ -737,26 +750,30 @@ def _tell_monitor(
     taken: fast.StepsTaken,
     asked: int,
     last: str | None,
+    records: fast.RunRecords | None,
 ) -> None:
     """Tell ``monitor`` of a native run's steps (:func:`_monitored_run`'s): the unrecorded ones
-    counted, the last one, where it was special and taken, shown as the per-step path shows it."""
+    counted, the recorded ones recorded, and the last one's sums, where it gave them."""
+    if records is not None:
+        assert observer is not None and step is not None
+        counted = observer.ran(taken.steps, records.at, taken.records)
+        if counted < taken.steps:  # a recorded step whose numbers need the precise path
+            layout = step.kept_layout()
+            assert counted == taken.steps - 1 and layout is not None
+            assert taken.kept is not None and taken.loss is not None
+            observer.kept(layout[0], taken.kept)
+            observer.updated(step.params, taken.sums)
+            monitor.log_loss(taken.loss)
+        elif taken.sums is not None:  # Σ(Δθ)² for the recorded step after the run
+            observer.updated(step.params, taken.sums)
+        return
     plain = taken.steps - (1 if last is not None and taken.steps == asked else 0)
     if plain:
         monitor.pass_step(plain)
-    if plain == taken.steps:
-        return
-    assert observer is not None and step is not None
-    if last == "change":
+    if plain < taken.steps:
+        assert observer is not None and step is not None
         observer.pass_step()  # counted; the norm comes with the sums: no copy of the weights
-    else:
-        layout = step.kept_layout()
-        assert layout is not None and taken.kept is not None
-        # recorded from its kept tensors without a replay, as _FastObserver.keeps promised
-        observer.kept(layout[0], taken.kept)
-    observer.updated(step.params, taken.sums)
-    if last == "all":
-        assert taken.loss is not None
-        monitor.log_loss(taken.loss)
+        observer.updated(step.params, taken.sums)
 
 
 def _check_output_shape(model: nn.Module, train: Split) -> None:

@@ -58,6 +58,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stats"), py::arg("change_only") = false,
         "Adam/AdamW update, with the parameters' and the update's sums when asked "
         "(csrc/update.cpp)");
+  py::class_<RecordPlan>(m, "RecordPlan",
+                         "What a monitor records of a TrainLoop run's recorded steps "
+                         "(csrc/loop.h)")
+      .def(py::init<std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
+                    std::vector<int64_t>, std::vector<int64_t>, double>(),
+           py::arg("tensors"), py::arg("kinds"), py::arg("params"), py::arg("rows"),
+           py::arg("numels"), py::arg("cancellation"));
   py::class_<TrainLoop>(m, "TrainLoop",
                         "One model's training steps, many per call: gather, forward and backward, "
                         "the optimizer's update, BatchNorm's counters and the epoch's sums "

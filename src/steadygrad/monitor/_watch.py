@@ -261,6 +261,8 @@ class _KeptPlan:
     layers: tuple[_KeptLayer, ...]
     # (slot, weight shape) → _recommended_std, whose cache key costs more than the lookup
     recommended: dict[tuple[_Slot, tuple[int, ...]], float | None] = field(default_factory=dict)
+    # the plan bound to a trainer's parameter list (by id) for native runs (None: cannot be)
+    runs: dict[int, _RunPlan | None] = field(default_factory=dict)
 
     @functools.cached_property
     def requests(self) -> _KeptRequests:
@@ -309,6 +311,32 @@ class _KeptRequests:
     weights: int
 
 
+@dataclass(frozen=True)
+class _RunPlan:
+    """A :class:`_KeptPlan` bound to one trainer's parameters (``params``), to record the steps
+    of a native run where they run (``steadygrad.fast.RunRecords``): the trainer's ``native``
+    plan, per layer its weight (with its entry count, checked before each run) and
+    ``recommended`` std, and where a row of the run's records holds the flag "the numbers
+    suffice", the loss and the first layer's Σ(Δθ)²."""
+
+    params: list[torch.Tensor]
+    native: object
+    slots: tuple[_Slot, ...]
+    weights: tuple[torch.Tensor, ...]
+    numels: tuple[int, ...]
+    recommended: tuple[float | None, ...]
+    ok: int
+    loss: int
+    changes: int
+
+    def holds(self) -> bool:
+        """Whether every layer's weight is still the one planned, with as many entries."""
+        return all(
+            slot.weight() is weight and weight.numel() == n
+            for slot, weight, n in zip(self.slots, self.weights, self.numels, strict=True)
+        )
+
+
 class _FastObserver:
     """Replays a fast step's module calls and gradients through a :class:`Monitor`'s hooks."""
 
@@ -345,21 +373,31 @@ class _FastObserver:
     def kept(self, key: object, tensors: list[torch.Tensor]) -> bool:
         return self._monitor._record_kept(key, tensors)
 
-    def keeps(self, key: object, count: int) -> bool:
-        """Whether :meth:`kept` of the next step, with ``count`` tensors of the program ``key``,
-        records it without a replay and without reading the weights, so that it may be called
-        after that step's update (``steadygrad.fit``'s native runs): a plan is learnt for that
-        program, and no copy of the weights waits to be compared with them."""
-        mon = self._monitor
-        return (
-            mon._watching_training()
-            and mon._plan_fits(key, count)
-            and mon._snapshot is None
-            and mon.records_next_step()
-        )
-
     def updated(self, params: list[torch.Tensor], stats: torch.Tensor | None) -> None:
         self._monitor._updated(params, stats)
+
+    def run_plan(
+        self,
+        key: object,
+        count: int,
+        params: list[torch.Tensor],
+        make: Callable[..., object | None],
+    ) -> object | None:
+        """The native plan (``steadygrad.fast.RunRecords.plan``) with which the recorded steps of
+        a native run of the program ``key`` (``count`` kept tensors, update sums in the order of
+        ``params``) are recorded where they run, without a replay and without returning to
+        Python; None where they cannot be (no plan learnt for that program, a weight copy or a
+        step waiting, paused, eval mode, closed). ``make``: ``FastStep.record_plan``."""
+        run = self._monitor._run_plan(key, count, params, make)
+        return None if run is None else run.native
+
+    def ran(self, steps: int, at: list[int], records: torch.Tensor | None) -> int:
+        """Count a native run's ``steps`` steps after :meth:`run_plan`, those at positions
+        ``at`` recorded from their rows of ``records`` (``StepsTaken.records``). Returns how
+        many it counted: all, or all but a last recorded step whose numbers did not suffice,
+        which the caller then shows as a kept step (:meth:`kept`, :meth:`updated`, the loss)."""
+        counted = self._monitor._ran(steps, at, records)
+        return steps if counted is None else counted  # None: the monitor stopped (a note)
 
     def wants_norms(self) -> bool:
         """Whether the step about to run is the last before a recorded one: its update's norm
@@ -470,6 +508,8 @@ class Monitor:
         self._kept_waiting: tuple[_State, _KeptPlan, list[torch.Tensor]] | None = None
         # the step about to begin gives its update's norms itself (no weight snapshot)
         self._norms_given = False
+        # the plan of the native run being taken (see _run_plan)
+        self._run: _RunPlan | None = None
 
         self._tensorboard: Any = None
         self._writer: _output.LogWriter | None = None
@@ -654,6 +694,7 @@ class Monitor:
             self._snapshot = None
             self._snapshot_plan = None
             self._kept_plan = None
+            self._run = None
             self._learning = None
             self._kept_waiting = None
             self._pending_updates = {}
@@ -1393,6 +1434,174 @@ class Monitor:
         self._queue_kept(state, plan, tensors)
         return True
 
+    def _run_plan(
+        self,
+        key: object,
+        count: int,
+        params: list[torch.Tensor],
+        make: Callable[..., object | None],
+    ) -> _RunPlan | None:
+        """:meth:`_FastObserver.run_plan`: the learnt plan bound to ``params``, kept for the
+        following :meth:`_ran`."""
+        self._run = None
+        state = self._state
+        if (
+            not self._watching_training()
+            or not self._plan_fits(key, count)
+            or self._snapshot is not None
+            or self._optimizer is not None
+            or self._kept_waiting is not None
+            or self._learning is not None
+            or (state is not None and not state.finalized)
+        ):
+            return None
+        plan = self._kept_plan
+        assert plan is not None  # _plan_fits above
+        run = plan.runs.get(id(params))
+        if run is None or run.params is not params or not run.holds():
+            run = self._bind_run(plan, params, make)
+            if run is None:
+                return None
+            plan.runs[id(params)] = run
+        self._run = run
+        return run
+
+    @staticmethod
+    def _bind_run(
+        plan: _KeptPlan, params: list[torch.Tensor], make: Callable[..., object | None]
+    ) -> _RunPlan | None:
+        """``plan`` for the update sums of ``params`` (:meth:`_run_plan`); None where a layer's
+        weight is not among them or the trainer has no native plan."""
+        rows = {id(p): k for k, p in enumerate(params)}
+        at: list[int] = []
+        weights: list[torch.Tensor] = []
+        recommended: list[float | None] = []
+        for item in plan.layers:
+            weight = item.slot.weight()
+            row = rows.get(id(weight)) if weight is not None else None
+            if weight is None or row is None or item.slot.depth is None:
+                return None
+            at.append(row)
+            weights.append(weight)
+            recommended.append(
+                _recommended_std(item.activation, tuple(weight.shape))
+                if item.status in ("module", "activation", "none")
+                else None
+            )
+        numels = tuple(w.numel() for w in weights)
+        req = plan.requests
+        native_plan = make(req.indices, req.kinds, req.bounds, at, numels, _stats.CANCELLATION)
+        if native_plan is None:
+            return None
+        size = req.weights + 6 * len(plan.layers) + 1  # record_stats's numbers, the flag last
+        return _RunPlan(
+            params=params,
+            native=native_plan,
+            slots=tuple(item.slot for item in plan.layers),
+            weights=tuple(weights),
+            numels=numels,
+            recommended=tuple(recommended),
+            ok=size - 1,
+            loss=size,
+            changes=size + 1,
+        )
+
+    @_guarded
+    def _ran(self, steps: int, at: list[int], records: torch.Tensor | None) -> int:
+        """:meth:`_FastObserver.ran`. The steps between recorded ones are counted as
+        :meth:`pass_step` counts them, without a copy of the weights: each update before a
+        recorded step gave its Σ(Δθ)² (in the recorded step's row, or, for a run's first step,
+        by :meth:`_updated` after the previous run)."""
+        run = self._run
+        rows = [] if records is None else records.tolist()
+        if run is None or len(rows) > len(at):
+            raise RuntimeError("a native run's records without the plan they were taken with")
+        plan = self._kept_plan
+        assert plan is not None  # _run_plan learnt it
+        position = 0
+        self._norms_given = True
+        try:
+            for pos, row in zip(at, rows, strict=False):  # rows: those taken
+                if pos > position:
+                    self._count_plain(pos - position)
+                changes: list[Any] = (
+                    [self._pending_updates.get(slot) for slot in run.slots]
+                    if pos == 0
+                    else row[run.changes : run.changes + len(run.slots)]
+                )
+                if not row[run.ok]:  # the caller shows this step from its kept tensors
+                    self._pending_updates = dict(zip(run.slots, changes, strict=True))
+                    return pos
+                self._record_row(plan, run, row, changes)
+                position = pos + 1
+            if steps > position:
+                self._count_plain(steps - position)
+        finally:
+            self._norms_given = False
+        return steps
+
+    def _count_plain(self, steps: int) -> None:
+        """Count ``steps`` unrecorded steps (:meth:`pass_step`'s counting)."""
+        self._begin_forward_step()
+        if steps > 1:
+            self._next_step += steps - 1
+            self._start(self._next_step - 1)
+
+    def _record_row(
+        self, plan: _KeptPlan, run: _RunPlan, row: list[float], changes: list[Any]
+    ) -> None:
+        """Record the next step from its row of a native run's records (see :meth:`_ran`):
+        the record :meth:`_finalize_kept` makes of the same numbers."""
+        if self._unsealed is not None:
+            self._seal()
+        step = self._next_step
+        self._next_step = step + 1
+        self._step = step
+        self._pending_updates = {}
+        self._state = None
+        layers = self._kept_layers(plan, row, changes, run.recommended)
+        record = StepRecord(step=step, loss=row[run.loss], layers=layers, histograms={})
+        self.records.append(record)
+        self._write(record, {})
+
+    @staticmethod
+    def _kept_layers(
+        plan: _KeptPlan,
+        values: list[float],
+        changes: list[Any],
+        recommended: tuple[float | None, ...] | list[float | None],
+    ) -> list[LayerStats]:
+        """The layers' records from ``record_stats``'s ``values`` (csrc/stats.cpp; see
+        :attr:`_KeptPlan.requests` for where each number is), each layer's Σ(Δθ)² of the update
+        before the step (``changes``: a float, a 0-d tensor or None) and recommended std."""
+        req = plan.requests
+        layers: list[LayerStats] = []
+        for j, item in enumerate(plan.layers):
+            pre, act, grad, saturated, dead = req.places[j]
+            w = req.weights + 6 * j  # mean, std, norm of W, then of ∂L/∂W
+            change = changes[j]
+            counts = item.counts and item.pre is not None
+            layers.append(
+                _layer_record(
+                    item.slot,
+                    item.activation,
+                    pre=(None, None) if pre < 0 else (values[pre], values[pre + 1]),
+                    act=(None, None) if act < 0 else (values[act], values[act + 1]),
+                    grad=(None, None) if grad < 0 else (values[grad + 1], values[grad + 2]),
+                    weight_std=values[w + 1],
+                    weight_grad=(values[w + 4], values[w + 5]),
+                    saturated=(values[saturated] if saturated >= 0 else 0.0) if counts else None,
+                    dead=(values[dead] if dead >= 0 else 0.0) if counts else None,
+                    update_ratio=None
+                    if change is None
+                    else _update_ratio(float(change), values[w + 2]),
+                    recommended=recommended[j],
+                    nan=0,
+                    inf=0,
+                )
+            )
+        return layers
+
     @_guarded
     def _queue_kept(self, state: _State, plan: _KeptPlan, tensors: list[torch.Tensor]) -> None:
         """Wait for the update's sums (:meth:`_updated`), which finish the step."""
@@ -1478,39 +1687,19 @@ class Monitor:
         ).tolist()
         if not values[-1]:
             return False
-        layers: list[LayerStats] = []
-        updates = state.updates
-        for j, (item, weight) in enumerate(zip(plan.layers, weights, strict=True)):
-            pre, act, grad, saturated, dead = req.places[j]
-            w = req.weights + 6 * j  # mean, std, norm of W, then of ∂L/∂W
-            update = updates.get(item.slot)
-            recommended = None
+        recommended: list[float | None] = []
+        for item, weight in zip(plan.layers, weights, strict=True):
+            value = None
             if item.status in ("module", "activation", "none"):
                 shape = tuple(weight.shape)
-                recommended = plan.recommended.get((item.slot, shape), math.nan)
-                if recommended is not None and math.isnan(recommended):
-                    recommended = _recommended_std(item.activation, shape)
-                    plan.recommended[(item.slot, shape)] = recommended
-            counts = item.counts and item.pre is not None
-            layers.append(
-                _layer_record(
-                    item.slot,
-                    item.activation,
-                    pre=(None, None) if pre < 0 else (values[pre], values[pre + 1]),
-                    act=(None, None) if act < 0 else (values[act], values[act + 1]),
-                    grad=(None, None) if grad < 0 else (values[grad + 1], values[grad + 2]),
-                    weight_std=values[w + 1],
-                    weight_grad=(values[w + 4], values[w + 5]),
-                    saturated=(values[saturated] if saturated >= 0 else 0.0) if counts else None,
-                    dead=(values[dead] if dead >= 0 else 0.0) if counts else None,
-                    update_ratio=None
-                    if update is None
-                    else _update_ratio(float(update), values[w + 2]),
-                    recommended=recommended,
-                    nan=0,
-                    inf=0,
-                )
-            )
+                value = plan.recommended.get((item.slot, shape), math.nan)
+                if value is not None and math.isnan(value):
+                    value = _recommended_std(item.activation, shape)
+                    plan.recommended[(item.slot, shape)] = value
+            recommended.append(value)
+        updates = state.updates
+        changes = [updates.get(item.slot) for item in plan.layers]
+        layers = self._kept_layers(plan, values, changes, recommended)
         state.finalized = True
         self._deactivate()
         loss = state.loss
@@ -1687,16 +1876,18 @@ class Monitor:
     def _seal(self) -> None:
         """Write the finished record (JSON line, TensorBoard); host work only, no device read."""
         unsealed, self._unsealed = self._unsealed, None
-        if unsealed is None:
-            return
+        if unsealed is not None:
+            self._write(unsealed.record, unsealed.histograms)
+
+    def _write(self, record: StepRecord, histograms: Histograms) -> None:
         if self._writer is not None:
             try:
-                self._writer.write(self._header, unsealed.record)
+                self._writer.write(self._header, record)
             except OSError as error:
                 self._writer = None
                 self._note("write", f"stopped writing {self.path}: {error}")
         if self._tensorboard is not None:
-            _output.write_tensorboard(self._tensorboard, unsealed.record, unsealed.histograms)
+            _output.write_tensorboard(self._tensorboard, record, histograms)
 
 
 def _layer_record(
