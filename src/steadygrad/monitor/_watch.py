@@ -261,8 +261,6 @@ class _KeptPlan:
     layers: tuple[_KeptLayer, ...]
     # (slot, weight shape) → _recommended_std, whose cache key costs more than the lookup
     recommended: dict[tuple[_Slot, tuple[int, ...]], float | None] = field(default_factory=dict)
-    # the plan bound to a trainer's parameter list (by id) for native runs (None: cannot be)
-    runs: dict[int, _RunPlan | None] = field(default_factory=dict)
 
     @functools.cached_property
     def requests(self) -> _KeptRequests:
@@ -319,6 +317,7 @@ class _RunPlan:
     ``recommended`` std, and where a row of the run's records holds the flag "the numbers
     suffice", the loss and the first layer's Σ(Δθ)²."""
 
+    plan: _KeptPlan
     params: list[torch.Tensor]
     native: object
     slots: tuple[_Slot, ...]
@@ -508,7 +507,7 @@ class Monitor:
         self._kept_waiting: tuple[_State, _KeptPlan, list[torch.Tensor]] | None = None
         # the step about to begin gives its update's norms itself (no weight snapshot)
         self._norms_given = False
-        # the plan of the native run being taken (see _run_plan)
+        # the learnt plan bound to the trainer's parameters, for its native runs (_run_plan)
         self._run: _RunPlan | None = None
 
         self._tensorboard: Any = None
@@ -1442,8 +1441,8 @@ class Monitor:
         make: Callable[..., object | None],
     ) -> _RunPlan | None:
         """:meth:`_FastObserver.run_plan`: the learnt plan bound to ``params``, kept for the
-        following :meth:`_ran`."""
-        self._run = None
+        following :meth:`_ran` (and bound again only where the plan, the parameter list or a
+        weight changed)."""
         state = self._state
         if (
             not self._watching_training()
@@ -1457,13 +1456,9 @@ class Monitor:
             return None
         plan = self._kept_plan
         assert plan is not None  # _plan_fits above
-        run = plan.runs.get(id(params))
-        if run is None or run.params is not params or not run.holds():
-            run = self._bind_run(plan, params, make)
-            if run is None:
-                return None
-            plan.runs[id(params)] = run
-        self._run = run
+        run = self._run
+        if run is None or run.plan is not plan or run.params is not params or not run.holds():
+            run = self._run = self._bind_run(plan, params, make)
         return run
 
     @staticmethod
@@ -1495,6 +1490,7 @@ class Monitor:
             return None
         size = req.weights + 6 * len(plan.layers) + 1  # record_stats's numbers, the flag last
         return _RunPlan(
+            plan=plan,
             params=params,
             native=native_plan,
             slots=tuple(item.slot for item in plan.layers),
@@ -1514,10 +1510,9 @@ class Monitor:
         by :meth:`_updated` after the previous run)."""
         run = self._run
         rows = [] if records is None else records.tolist()
-        if run is None or len(rows) > len(at):
+        if run is None or run.plan is not self._kept_plan or len(rows) > len(at):
             raise RuntimeError("a native run's records without the plan they were taken with")
-        plan = self._kept_plan
-        assert plan is not None  # _run_plan learnt it
+        plan = run.plan
         position = 0
         self._norms_given = True
         try:
