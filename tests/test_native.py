@@ -1037,6 +1037,44 @@ def _gemm_case(
     torch.testing.assert_close(base[:, n:], before[:, n:], equal_nan=True, rtol=0, atol=0)
 
 
+def test_gemm_reads_gathered_rows_in_place_as_it_reads_a_copy() -> None:
+    """The batch's rows read where they lie (csrc/loop.cpp's batches without a gather): the
+    forward product X[idx]·Wᵀ and the weight gradient δᵀ·X[idx] equal, bit for bit, the same
+    products of the gathered copy, on one and on several threads (the same products of the same
+    numbers in the same order)."""
+    one = torch.ones(1, 1)
+    kernels = native.load()
+    if not kernels.sgemm(False, False, one, one, torch.empty(1, 1), 0.0):
+        pytest.skip("csrc/gemm.h needs AVX2 and FMA")
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(1000, 784, generator=g)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for batch in (1, 7, 50, 256):
+                idx = torch.randperm(1000, generator=g)[:batch]
+                x = images.index_select(0, idx)
+                w = torch.randn(300, 784, generator=g)
+                delta = torch.randn(batch, 300, generator=g)
+                for trans_a, trans_b, a, b, shape, a_index, b_index in (
+                    (False, True, images, w, (batch, 300), idx, None),  # forward
+                    (True, False, delta, images, (300, 784), None, idx),  # weight gradient
+                ):
+                    copied, in_place = torch.empty(shape), torch.full(shape, math.nan)
+                    a_copy = x if a_index is not None else a
+                    b_copy = x if b_index is not None else b
+                    assert kernels.sgemm(trans_a, trans_b, a_copy, b_copy, copied, 0.0)
+                    assert kernels.sgemm(
+                        trans_a, trans_b, a, b, in_place, 0.0, a_index=a_index, b_index=b_index
+                    )
+                    assert torch.equal(in_place, copied), (threads, batch, trans_a)
+    finally:
+        torch.set_num_threads(previous)
+    with pytest.raises(RuntimeError, match="indexed rows of an untransposed operand only"):
+        kernels.sgemm(True, False, images, images, torch.empty(784, 784), 0.0, a_index=idx)
+
+
 def test_gemm_on_the_steps_shapes_and_edges() -> None:
     """The eight products of a step (batches 1, 50, 216, 256: forward X·Wᵀ, weight gradient
     δᵀ·X, input gradient δ·W) and edge sizes around the 6×16 micro-tile and the blocks."""

@@ -25,7 +25,8 @@ at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at:
                     bool first, bool stats);
 bool gemm_in_use();
 bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B,
-                     at::Tensor& C, double beta);
+                     at::Tensor& C, double beta, const std::optional<at::Tensor>& a_index,
+                     const std::optional<at::Tensor>& b_index);
 at::Tensor adam_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                      const std::vector<at::Tensor>& exp_avgs,
                      const std::vector<at::Tensor>& exp_avg_sqs, const at::Tensor& steps,
@@ -50,8 +51,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "parameters' and the update's sums when asked (csrc/update.cpp)");
   m.def("gemm_in_use", &gemm_in_use,
         "Whether the step's products use csrc/gemm.h at torch's current thread count");
-  m.def("sgemm", &sgemm_for_tests,
-        "C = op(A) op(B) + beta C by csrc/gemm.h (False where not compiled), for tests");
+  m.def("sgemm", &sgemm_for_tests, py::arg("trans_a"), py::arg("trans_b"), py::arg("A"),
+        py::arg("B"), py::arg("C"), py::arg("beta"), py::arg("a_index") = py::none(),
+        py::arg("b_index") = py::none(),
+        "C = op(A) op(B) + beta C by csrc/gemm.h (False where not compiled), for tests; with "
+        "a_index / b_index, A[a_index] / B[b_index] read in place");
   m.def("adam_step", &adam_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
         py::arg("exp_avg_sqs"), py::arg("steps"), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),

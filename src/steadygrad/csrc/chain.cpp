@@ -309,6 +309,7 @@ at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, at:
 
 struct Saved {
   at::Tensor input;   // Linear: its input a
+  const float* const* input_rows = nullptr;  // ... or a's rows where they lie (Input::rows)
   at::Tensor h;       // BatchNorm: its input
   at::Tensor y;       // BatchNorm / activation: its output
   at::Tensor mean, invstd;
@@ -332,12 +333,14 @@ bool own_gemm() {
 // sg_gemm::sgemm over torch's threads: C's columns in near-equal runs of 16-wide panels, one run
 // per thread (each packs what it reads into its own thread_local buffers). Small products and
 // calls from inside a parallel region run on the calling thread.
+// a_rows / b_rows: rows read where they lie (sg_gemm::sgemm's), for the batch's input.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+          const float* const* a_rows = nullptr, const float* const* b_rows = nullptr) {
   const int64_t panels = (n + 15) / 16;
   const int64_t chunks = std::min<int64_t>(at::get_num_threads(), panels);
   if (chunks < 2 || at::in_parallel_region() || 2.0 * m * n * k < 2e6) {
-    sg_gemm::sgemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc);
+    sg_gemm::sgemm(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc, a_rows, b_rows);
     return;
   }
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -345,43 +348,56 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const flo
       const int64_t j0 = panels * c / chunks * 16;
       const int64_t j1 = std::min(n, panels * (c + 1) / chunks * 16);
       if (j1 <= j0) continue;
-      sg_gemm::sgemm(trans_a, trans_b, m, j1 - j0, k, A, lda, trans_b ? B + j0 * ldb : B + j0,
-                     ldb, beta, C + j0, ldc);
+      const float* Bj = b_rows != nullptr ? nullptr : trans_b ? B + j0 * ldb : B + j0;
+      sg_gemm::sgemm(trans_a, trans_b, m, j1 - j0, k, A, lda, Bj, ldb, beta, C + j0, ldc, a_rows,
+                     b_rows, j0);
     }
   });
 }
 #endif
 
-// a Wᵀ (+ b): (batch, in) × (out, in)ᵀ → (batch, out)
-at::Tensor linear(const at::Tensor& a, const at::Tensor& W, const at::Tensor& b) {
+// The batch's input: a (batch, features) tensor, or its rows where they lie (`rows`, one pointer
+// per sample, from csrc/loop.cpp's gather; only where csrc/gemm.h is in use and the first op is a
+// Linear, whose products then read them without a copy).
+struct Input {
+  at::Tensor x;
+  const float* const* rows = nullptr;
+};
+
+// a Wᵀ (+ b): (batch, in) × (out, in)ᵀ → (batch, out); a's data from `a.rows` where given.
+at::Tensor linear(const Input& a, const at::Tensor& W, const at::Tensor& b) {
 #ifdef STEADYGRAD_GEMM
   if (own_gemm()) {
-    const int64_t m = a.size(0), k = a.size(1), n = W.size(0);
-    at::Tensor out = at::empty({m, n}, a.options());
+    const int64_t m = a.x.size(0), k = a.x.size(1), n = W.size(0);
+    at::Tensor out = at::empty({m, n}, a.x.options());
     float* c = out.data_ptr<float>();
     if (b.defined()) {
       const float* bp = b.data_ptr<float>();
       for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * n, bp, sizeof(float) * n);
     }
-    gemm(false, true, m, n, k, a.data_ptr<float>(), k, W.data_ptr<float>(), k,
-                   b.defined() ? 1.0f : 0.0f, c, n);
+    gemm(false, true, m, n, k, a.rows != nullptr ? nullptr : a.x.data_ptr<float>(), k,
+         W.data_ptr<float>(), k, b.defined() ? 1.0f : 0.0f, c, n, a.rows);
     return out;
   }
 #endif
-  return b.defined() ? at::addmm(b, a, W.t()) : at::mm(a, W.t());
+  TORCH_CHECK(a.rows == nullptr, "linear: rows in place need csrc/gemm.h");
+  return b.defined() ? at::addmm(b, a.x, W.t()) : at::mm(a.x, W.t());
 }
 
-// ∂L/∂W = gᵀ a into Wg: (batch, out)ᵀ × (batch, in) → (out, in)
-void weight_grad(at::Tensor& Wg, const at::Tensor& g, const at::Tensor& a) {
+// ∂L/∂W = gᵀ a into Wg: (batch, out)ᵀ × (batch, in) → (out, in); a's data from `a.rows` where
+// given.
+void weight_grad(at::Tensor& Wg, const at::Tensor& g, const Input& a) {
 #ifdef STEADYGRAD_GEMM
   if (own_gemm()) {
-    const int64_t m = g.size(1), k = g.size(0), n = a.size(1);
-    gemm(true, false, m, n, k, g.data_ptr<float>(), m, a.data_ptr<float>(), n, 0.0f,
-                   Wg.data_ptr<float>(), n);
+    const int64_t m = g.size(1), k = g.size(0), n = a.x.size(1);
+    gemm(true, false, m, n, k, g.data_ptr<float>(), m,
+         a.rows != nullptr ? nullptr : a.x.data_ptr<float>(), n, 0.0f, Wg.data_ptr<float>(), n,
+         nullptr, a.rows);
     return;
   }
 #endif
-  at::mm_out(Wg, g.t(), a);
+  TORCH_CHECK(a.rows == nullptr, "weight_grad: rows in place need csrc/gemm.h");
+  at::mm_out(Wg, g.t(), a.x);
 }
 
 // ∂L/∂a = g W: (batch, out) × (out, in) → (batch, in)
@@ -410,11 +426,38 @@ struct Kept {
 // correct) and, with keep, (output, pre-activation, ∂L/∂output) of each op (undefined where none).
 // Writes every parameter gradient into the given .grad tensors and updates the BatchNorm moving
 // statistics in place. Train-mode BatchNorm only; the caller checks everything else.
+//
+// forward_batch_rows: the same, with the batch's rows read where they lie (`x_rows`, one pointer
+// per row of x, whose data is then not read: csrc/loop.cpp's batches without a gather); only where
+// forward_rows_ok holds (the products are csrc/gemm.h's, the first op is a Linear and no ∂L/∂x is
+// asked): the same products of the same numbers, so the same results bit for bit.
+bool forward_rows_ok(const std::vector<int64_t>& ops, const std::vector<bool>& needs_input_grad) {
+  return own_gemm() && !ops.empty() && ops[0] == kLinear && !needs_input_grad[0];
+}
+
+std::vector<at::Tensor> forward_batch_rows(const at::Tensor& x, const float* const* x_rows,
+                                           const at::Tensor& labels,
+                                           const std::vector<int64_t>& ops,
+                                           const std::vector<double>& scalars,
+                                           const std::vector<std::optional<at::Tensor>>& tensors,
+                                           const std::vector<bool>& needs_input_grad, bool keep);
+
 std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
                                          const std::vector<int64_t>& ops,
                                          const std::vector<double>& scalars,
                                          const std::vector<std::optional<at::Tensor>>& tensors,
                                          const std::vector<bool>& needs_input_grad, bool keep) {
+  return forward_batch_rows(x, nullptr, labels, ops, scalars, tensors, needs_input_grad, keep);
+}
+
+std::vector<at::Tensor> forward_batch_rows(const at::Tensor& x, const float* const* x_rows,
+                                           const at::Tensor& labels,
+                                           const std::vector<int64_t>& ops,
+                                           const std::vector<double>& scalars,
+                                           const std::vector<std::optional<at::Tensor>>& tensors,
+                                           const std::vector<bool>& needs_input_grad, bool keep) {
+  TORCH_CHECK(x_rows == nullptr || forward_rows_ok(ops, needs_input_grad),
+              "forward_batch_rows: rows in place where forward_rows_ok does not hold");
   const int64_t count = static_cast<int64_t>(ops.size());
   TORCH_CHECK(static_cast<int64_t>(scalars.size()) == count * kScalars, "bad scalars");
   TORCH_CHECK(static_cast<int64_t>(tensors.size()) == count * kTensors, "bad tensors");
@@ -468,6 +511,8 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
       case kLinear: {
         const at::Tensor W = T(op, 0), b = T(op, 1);
         s.input = a;
+        s.input_rows = op == 0 ? x_rows : nullptr;
+        const Input in{a, s.input_rows};
         // Followed by a train-mode BatchNorm, the bias only shifts the batch mean, which the
         // BatchNorm subtracts: a W^T without it, and b handed to the BatchNorm for its moving
         // mean (saves addmm's pass that broadcasts b into the output and MKL's β-scaling).
@@ -475,10 +520,10 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         const bool fold = b.defined() && !keep && op + 1 < count &&
                           ops[static_cast<size_t>(op + 1)] == kBatchNorm;
         if (fold) {
-          a = linear(a, W, at::Tensor());
+          a = linear(in, W, at::Tensor());
           folded_bias = b;
         } else {
-          a = linear(a, W, b);
+          a = linear(in, W, b);
         }
         if (keep) kept[static_cast<size_t>(op)].out = a;
         break;
@@ -530,7 +575,7 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
         const at::Tensor W = T(op, 0);
         at::Tensor Wg = T(op, 2), bg = T(op, 3);
         if (keep) kept[static_cast<size_t>(op)].grad_out = g;
-        weight_grad(Wg, g, s.input);  // ∂L/∂W = gᵀ a
+        weight_grad(Wg, g, Input{s.input, s.input_rows});  // ∂L/∂W = gᵀ a
         if (bg.defined()) at::sum_out(bg, g, {0});
         g = need ? input_grad(g, W) : at::Tensor();
         break;
@@ -580,15 +625,39 @@ std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& 
 // threads, as the step calls it, for tests and benchmarks (rows contiguous; leading dimensions
 // from the strides). False where it is not compiled.
 bool sgemm_for_tests(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B,
-                     at::Tensor& C, double beta) {
+                     at::Tensor& C, double beta, const std::optional<at::Tensor>& a_index,
+                     const std::optional<at::Tensor>& b_index) {
 #ifdef STEADYGRAD_GEMM
   TORCH_CHECK(A.scalar_type() == at::kFloat && B.scalar_type() == at::kFloat &&
                   C.scalar_type() == at::kFloat && A.stride(1) == 1 && B.stride(1) == 1 &&
                   C.stride(1) == 1,
               "sgemm: float32 matrices with contiguous rows");
-  const int64_t m = C.size(0), n = C.size(1), k = trans_a ? A.size(0) : A.size(1);
+  // a_index / b_index: op(A) = A[a_index] / op(B) = B[b_index], their rows read in place
+  auto rows_of = [](const at::Tensor& M, const std::optional<at::Tensor>& index) {
+    std::vector<const float*> rows;
+    if (index.has_value()) {
+      const at::Tensor idx = index->contiguous();
+      TORCH_CHECK(idx.scalar_type() == at::kLong && idx.dim() == 1, "sgemm: int64 index");
+      for (int64_t i = 0; i < idx.numel(); ++i) {
+        const int64_t r = idx.data_ptr<int64_t>()[i];
+        TORCH_CHECK(r >= 0 && r < M.size(0), "sgemm: index out of range");
+        rows.push_back(M.data_ptr<float>() + r * M.stride(0));
+      }
+    }
+    return rows;
+  };
+  TORCH_CHECK(!(a_index.has_value() && trans_a) && !(b_index.has_value() && trans_b),
+              "sgemm: indexed rows of an untransposed operand only");
+  const std::vector<const float*> a_rows = rows_of(A, a_index), b_rows = rows_of(B, b_index);
+  const int64_t m = C.size(0), n = C.size(1);
+  const int64_t k = trans_a ? A.size(0) : A.size(1);
+  TORCH_CHECK(!a_index.has_value() || static_cast<int64_t>(a_rows.size()) == m,
+              "sgemm: a_index must give C's rows");
+  TORCH_CHECK(!b_index.has_value() || static_cast<int64_t>(b_rows.size()) == k,
+              "sgemm: b_index must give op(A)'s columns");
   gemm(trans_a, trans_b, m, n, k, A.data_ptr<float>(), A.stride(0), B.data_ptr<float>(),
-       B.stride(0), static_cast<float>(beta), C.data_ptr<float>(), C.stride(0));
+       B.stride(0), static_cast<float>(beta), C.data_ptr<float>(), C.stride(0),
+       a_rows.empty() ? nullptr : a_rows.data(), b_rows.empty() ? nullptr : b_rows.data());
   return true;
 #else
   return false;

@@ -36,6 +36,9 @@
 //     256 vs 400 vs 800 within ~2-3 %, 400/800 slightly ahead), MC=144,
 //     NC=3072 (N <= 784 here, so one block).
 //   beta == 0 never reads C (first K block stores, later blocks accumulate).
+//   Rows where they lie: op(A) = A and op(B) = B may be given as one pointer per row
+//   (a_rows / b_rows: a batch gathered by index from the images, read without a copy);
+//   the direct kernels always take row pointers, built per block (row_starts).
 //   Packing buffers are thread_local and grow on demand.
 //
 // Builds as C++17 (GCC 12), needs -mavx2 -mfma (e.g. -march=native).
@@ -52,6 +55,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <vector>
 
 namespace sg_gemm {
 namespace detail {
@@ -128,25 +132,28 @@ static inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3,
 
 // ---------------------------------------------------------------- packing B
 // Packed layout: for each NR-wide panel p, kc rows of NR floats (zero pad).
-// op(B)[k][n] = trans_b ? B[n*ldb + k] : B[k*ldb + n]
+// op(B)[k][n] = trans_b ? B[n*ldb + k] : B[k*ldb + n]; with `rows` (not trans_b), row k of B
+// starts at rows[k] instead (a batch gathered by index, read where it lies).
 static void pack_B(bool trans_b, int64_t kc, int64_t nc, const float* B,
-                   int64_t ldb, float* dst) {
+                   int64_t ldb, float* dst, const float* const* rows = nullptr) {
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int64_t nr = std::min<int64_t>(NR, nc - j0);
     float* d = dst + j0 * kc;  // panel base: kc*NR floats
     if (!trans_b) {
-      const float* s = B + j0;
+      auto row = [&](int64_t k) { return rows != nullptr ? rows[k] + j0 : B + j0 + k * ldb; };
       if (nr == NR) {
         for (int64_t k = 0; k < kc; ++k) {
-          _mm256_store_ps(d + k * NR, _mm256_loadu_ps(s + k * ldb));
-          _mm256_store_ps(d + k * NR + 8, _mm256_loadu_ps(s + k * ldb + 8));
+          const float* s = row(k);
+          _mm256_store_ps(d + k * NR, _mm256_loadu_ps(s));
+          _mm256_store_ps(d + k * NR + 8, _mm256_loadu_ps(s + 8));
         }
       } else {
         const __m256i m0 = lane_mask((int)std::min<int64_t>(nr, 8));
         const __m256i m1 = lane_mask((int)std::max<int64_t>(nr - 8, 0));
         for (int64_t k = 0; k < kc; ++k) {
-          _mm256_store_ps(d + k * NR, _mm256_maskload_ps(s + k * ldb, m0));
-          _mm256_store_ps(d + k * NR + 8, _mm256_maskload_ps(s + k * ldb + 8, m1));
+          const float* s = row(k);
+          _mm256_store_ps(d + k * NR, _mm256_maskload_ps(s, m0));
+          _mm256_store_ps(d + k * NR + 8, _mm256_maskload_ps(s + 8, m1));
         }
       }
     } else {
@@ -247,11 +254,11 @@ static void pack_A(bool trans_a, int64_t mc, int64_t kc, const float* A,
 
 // ---------------------------------------------------------------- kernel
 // C tile (ROWS x nr, nr<=16) (+)= A(ROWS x kc) * Bp(kc x 16, packed)
-// A element (i,k) is at Ap[i*ROWS... ]: packed (DIRECT=false): Ap[k*ROWS + i];
-// direct from the caller's matrix (DIRECT=true): Ap[i*rs + k*cs].
+// A element (i,k) is at: packed (DIRECT=false): Ap[k*ROWS + i];
+// direct from the caller's matrix (DIRECT=true): rows[i][k*cs].
 template <int ROWS, bool DIRECT>
 static inline __attribute__((always_inline)) void
-kernel(int64_t kc, const float* __restrict Ap, int64_t rs, int64_t cs,
+kernel(int64_t kc, const float* __restrict Ap, const float* const* rows, int64_t cs,
        const float* __restrict Bp, float* C, int64_t ldc, bool acc, int nr) {
   __m256 c0[ROWS], c1[ROWS];
 #pragma GCC unroll 6
@@ -274,7 +281,7 @@ kernel(int64_t kc, const float* __restrict Ap, int64_t rs, int64_t cs,
   } else {
     const float* ap[ROWS];
 #pragma GCC unroll 6
-    for (int i = 0; i < ROWS; ++i) ap[i] = Ap + i * rs;
+    for (int i = 0; i < ROWS; ++i) ap[i] = rows[i];
     int64_t off = 0;
 #pragma GCC unroll 4
     for (int64_t k = 0; k < kc; ++k) {
@@ -326,16 +333,47 @@ kernel(int64_t kc, const float* __restrict Ap, int64_t rs, int64_t cs,
 
 template <int ROWS, bool DIRECT>
 static __attribute__((noinline)) void
-kernel_rows(int64_t kc, const float* Ap, int64_t rs, int64_t cs, const float* Bp,
+kernel_rows(int64_t kc, const float* Ap, const float* const* rows, int64_t cs, const float* Bp,
             float* C, int64_t ldc, bool acc, int nr) {
-  kernel<ROWS, DIRECT>(kc, Ap, rs, cs, Bp, C, ldc, acc, nr);
+  kernel<ROWS, DIRECT>(kc, Ap, rows, cs, Bp, C, ldc, acc, nr);
+}
+
+// The row-panel dispatch: C rows [i0, i0 + mr) against one packed 16-wide B panel.
+template <bool DIRECT>
+static inline void panel_rows(int64_t mr, int64_t kc, const float* Ap, const float* const* rows,
+                              int64_t cs, const float* bp, float* c, int64_t ldc, bool acc,
+                              int nr) {
+  switch (mr) {
+    case 6: kernel_rows<6, DIRECT>(kc, Ap, rows, cs, bp, c, ldc, acc, nr); break;
+    case 5: kernel_rows<5, DIRECT>(kc, Ap, rows, cs, bp, c, ldc, acc, nr); break;
+    case 4: kernel_rows<4, DIRECT>(kc, Ap, rows, cs, bp, c, ldc, acc, nr); break;
+    case 3: kernel_rows<3, DIRECT>(kc, Ap, rows, cs, bp, c, ldc, acc, nr); break;
+    case 2: kernel_rows<2, DIRECT>(kc, Ap, rows, cs, bp, c, ldc, acc, nr); break;
+    case 1: kernel_rows<1, DIRECT>(kc, Ap, rows, cs, bp, c, ldc, acc, nr); break;
+  }
+}
+
+// Where each row of op(A) starts, for the direct kernels: row i of the block [i0, i0 + mc) at
+// K offset pc — A[i*lda + pc] (op(A) = A), a_rows[i] + pc (rows gathered by the caller), or
+// A[i + pc*lda] (op(A) = Aᵀ, then read with stride lda). In a thread_local buffer.
+static inline const float* const* row_starts(bool trans_a, const float* A, int64_t lda,
+                                             const float* const* a_rows, int64_t i0, int64_t mc,
+                                             int64_t pc) {
+  static thread_local std::vector<const float*> starts;
+  if (static_cast<int64_t>(starts.size()) < mc) starts.resize(static_cast<size_t>(mc));
+  for (int64_t i = 0; i < mc; ++i) {
+    starts[static_cast<size_t>(i)] = trans_a   ? A + (i0 + i) + pc * lda
+                                     : a_rows ? a_rows[i0 + i] + pc
+                                              : A + (i0 + i) * lda + pc;
+  }
+  return starts.data();
 }
 
 // macro-kernel: C[mc x nc] (+)= A * Bpack. A is the packed block (DIRECT
-// false) or the caller's matrix with element (i,k) at A[i*rs + k*cs].
+// false) or the caller's matrix with element (i,k) at rows[i][k*cs].
 template <bool DIRECT>
 static void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const float* A,
-                         int64_t rs, int64_t cs, const float* Bp, float* C,
+                         const float* const* rows, int64_t cs, const float* Bp, float* C,
                          int64_t ldc, bool acc) {
   const Panels P(mc);
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
@@ -344,16 +382,8 @@ static void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const float* A,
     int64_t i0 = 0;
     for (int64_t p = 0; p < P.np; ++p) {
       const int64_t mr = P.height(p);
-      const float* ap = DIRECT ? A + i0 * rs : A + i0 * kc;
-      float* c = C + i0 * ldc + j0;
-      switch (mr) {
-        case 6: kernel_rows<6, DIRECT>(kc, ap, rs, cs, bp, c, ldc, acc, nr); break;
-        case 5: kernel_rows<5, DIRECT>(kc, ap, rs, cs, bp, c, ldc, acc, nr); break;
-        case 4: kernel_rows<4, DIRECT>(kc, ap, rs, cs, bp, c, ldc, acc, nr); break;
-        case 3: kernel_rows<3, DIRECT>(kc, ap, rs, cs, bp, c, ldc, acc, nr); break;
-        case 2: kernel_rows<2, DIRECT>(kc, ap, rs, cs, bp, c, ldc, acc, nr); break;
-        case 1: kernel_rows<1, DIRECT>(kc, ap, rs, cs, bp, c, ldc, acc, nr); break;
-      }
+      panel_rows<DIRECT>(mr, kc, DIRECT ? nullptr : A + i0 * kc, DIRECT ? rows + i0 : nullptr,
+                         cs, bp, C + i0 * ldc + j0, ldc, acc, nr);
       i0 += mr;
     }
   }
@@ -375,30 +405,23 @@ static inline int64_t split_even(int64_t n, int64_t blk, int64_t align) {
 // through L2. (Measured: +4-6 % at M=50, -7 % at M=256, neutral for
 // non-transposed B; explicit software prefetch of the next panel was -8 %.)
 static void sgemm_fused(bool trans_b, int64_t M, int64_t N, int64_t K,
-                        const float* A, int64_t lda, const float* B, int64_t ldb,
-                        bool acc0, float* C, int64_t ldc, int64_t kcap) {
+                        const float* A, int64_t lda, const float* const* a_rows,
+                        const float* B, int64_t ldb, bool acc0, float* C, int64_t ldc,
+                        int64_t kcap) {
   const int64_t kcb = split_even(K, kcap, 1);
   float* Bp = bufB().get((size_t)kcb * NR);
   const Panels P(M);
   for (int64_t pc = 0; pc < K; pc += kcb) {
     const int64_t kc = std::min(kcb, K - pc);
     const bool acc = acc0 || pc > 0;
+    const float* const* rows = row_starts(false, A, lda, a_rows, 0, M, pc);
     for (int64_t j0 = 0; j0 < N; j0 += NR) {
       const int nr = (int)std::min<int64_t>(NR, N - j0);
       pack_B(trans_b, kc, nr, trans_b ? B + j0 * ldb + pc : B + pc * ldb + j0, ldb, Bp);
       int64_t i0 = 0;
       for (int64_t p = 0; p < P.np; ++p) {
         const int64_t mr = P.height(p);
-        const float* ap = A + i0 * lda + pc;
-        float* c = C + i0 * ldc + j0;
-        switch (mr) {
-          case 6: kernel_rows<6, true>(kc, ap, lda, 1, Bp, c, ldc, acc, nr); break;
-          case 5: kernel_rows<5, true>(kc, ap, lda, 1, Bp, c, ldc, acc, nr); break;
-          case 4: kernel_rows<4, true>(kc, ap, lda, 1, Bp, c, ldc, acc, nr); break;
-          case 3: kernel_rows<3, true>(kc, ap, lda, 1, Bp, c, ldc, acc, nr); break;
-          case 2: kernel_rows<2, true>(kc, ap, lda, 1, Bp, c, ldc, acc, nr); break;
-          case 1: kernel_rows<1, true>(kc, ap, lda, 1, Bp, c, ldc, acc, nr); break;
-        }
+        panel_rows<true>(mr, kc, nullptr, rows + i0, 1, Bp, C + i0 * ldc + j0, ldc, acc, nr);
         i0 += mr;
       }
     }
@@ -408,9 +431,13 @@ static void sgemm_fused(bool trans_b, int64_t M, int64_t N, int64_t K,
 }  // namespace detail
 
 // Row-major C[MxN] = op(A)[MxK] * op(B)[KxN] + beta*C, beta in {0, 1}.
+// Rows read where they lie (a batch gathered by index, without a copy): with `a_rows` (op(A) = A
+// only) row i of A starts at a_rows[i]; with `b_rows` (op(B) = B only) row k of B starts at
+// b_rows[k] + b_col. A or B is then not read (may be null).
 inline void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                   const float* A, int64_t lda, const float* B, int64_t ldb,
-                  float beta, float* C, int64_t ldc) {
+                  float beta, float* C, int64_t ldc, const float* const* a_rows = nullptr,
+                  const float* const* b_rows = nullptr, int64_t b_col = 0) {
   using namespace detail;
   if (M <= 0 || N <= 0) return;
   const bool acc0 = (beta != 0.f);
@@ -419,10 +446,15 @@ inline void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
       for (int64_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, sizeof(float) * N);
     return;
   }
-  if (SG_GEMM_FUSED && !trans_a && (trans_b || SG_GEMM_FUSED == 2) && M <= SG_GEMM_FUSED_MMAX) {
+  if (SG_GEMM_FUSED && !trans_a && (trans_b || SG_GEMM_FUSED == 2) && M <= SG_GEMM_FUSED_MMAX &&
+      b_rows == nullptr) {
     const int64_t kcap = std::max<int64_t>(64, std::min<int64_t>(KC, SG_GEMM_FUSED_ABYTES / (4 * M)));
-    sgemm_fused(trans_b, M, N, K, A, lda, B, ldb, acc0, C, ldc, kcap);
+    sgemm_fused(trans_b, M, N, K, A, lda, a_rows, B, ldb, acc0, C, ldc, kcap);
     return;
+  }
+  static thread_local std::vector<const float*> b_starts;
+  if (b_rows != nullptr && static_cast<int64_t>(b_starts.size()) < K) {
+    b_starts.resize(static_cast<size_t>(K));
   }
   const int64_t kcb = split_even(K, KC, 1);
   const int64_t mcb = split_even(M, MC, MR);
@@ -435,17 +467,21 @@ inline void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
     for (int64_t pc = 0; pc < K; pc += kcb) {
       const int64_t kc = std::min(kcb, K - pc);
       const bool acc = acc0 || pc > 0;
-      const float* Bs = trans_b ? B + jc * ldb + pc : B + pc * ldb + jc;
-      pack_B(trans_b, kc, nc, Bs, ldb, Bp);
+      if (b_rows != nullptr) {
+        for (int64_t k = 0; k < kc; ++k) b_starts[k] = b_rows[pc + k] + b_col + jc;
+        pack_B(false, kc, nc, nullptr, 0, Bp, b_starts.data());
+      } else {
+        pack_B(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, Bp);
+      }
       for (int64_t ic = 0; ic < M; ic += mcb) {
         const int64_t mc = std::min(mcb, M - ic);
-        const float* As = trans_a ? A + pc * lda + ic : A + ic * lda + pc;
-        if (SG_GEMM_DIRECT_A == 1 || (SG_GEMM_DIRECT_A == 2 && !trans_a)) {
-          macro_kernel<true>(mc, nc, kc, As, trans_a ? 1 : lda, trans_a ? lda : 1, Bp,
-                             C + ic * ldc + jc, ldc, acc);
+        if (a_rows != nullptr || SG_GEMM_DIRECT_A == 1 || (SG_GEMM_DIRECT_A == 2 && !trans_a)) {
+          macro_kernel<true>(mc, nc, kc, nullptr,
+                             row_starts(trans_a, A, lda, a_rows, ic, mc, pc),
+                             trans_a ? lda : 1, Bp, C + ic * ldc + jc, ldc, acc);
         } else {
-          pack_A(trans_a, mc, kc, As, lda, Ap);
-          macro_kernel<false>(mc, nc, kc, Ap, 0, 0, Bp, C + ic * ldc + jc, ldc, acc);
+          pack_A(trans_a, mc, kc, trans_a ? A + pc * lda + ic : A + ic * lda + pc, lda, Ap);
+          macro_kernel<false>(mc, nc, kc, Ap, nullptr, 0, Bp, C + ic * ldc + jc, ldc, acc);
         }
       }
     }
