@@ -440,21 +440,6 @@ std::vector<at::Tensor> forward_batch_rows(const at::Tensor& x, const float* con
                                            const std::vector<int64_t>& ops,
                                            const std::vector<double>& scalars,
                                            const std::vector<std::optional<at::Tensor>>& tensors,
-                                           const std::vector<bool>& needs_input_grad, bool keep);
-
-std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
-                                         const std::vector<int64_t>& ops,
-                                         const std::vector<double>& scalars,
-                                         const std::vector<std::optional<at::Tensor>>& tensors,
-                                         const std::vector<bool>& needs_input_grad, bool keep) {
-  return forward_batch_rows(x, nullptr, labels, ops, scalars, tensors, needs_input_grad, keep);
-}
-
-std::vector<at::Tensor> forward_batch_rows(const at::Tensor& x, const float* const* x_rows,
-                                           const at::Tensor& labels,
-                                           const std::vector<int64_t>& ops,
-                                           const std::vector<double>& scalars,
-                                           const std::vector<std::optional<at::Tensor>>& tensors,
                                            const std::vector<bool>& needs_input_grad, bool keep) {
   TORCH_CHECK(x_rows == nullptr || forward_rows_ok(ops, needs_input_grad),
               "forward_batch_rows: rows in place where forward_rows_ok does not hold");
@@ -619,6 +604,14 @@ std::vector<at::Tensor> forward_batch_rows(const at::Tensor& x, const float* con
     out.push_back(k.grad_out);
   }
   return out;
+}
+
+std::vector<at::Tensor> forward_backward(const at::Tensor& x, const at::Tensor& labels,
+                                         const std::vector<int64_t>& ops,
+                                         const std::vector<double>& scalars,
+                                         const std::vector<std::optional<at::Tensor>>& tensors,
+                                         const std::vector<bool>& needs_input_grad, bool keep) {
+  return forward_batch_rows(x, nullptr, labels, ops, scalars, tensors, needs_input_grad, keep);
 }
 
 // sgemm(trans_a, trans_b, A, B, C, beta): C = op(A) op(B) + beta C through csrc/gemm.h on torch's
