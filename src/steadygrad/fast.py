@@ -475,28 +475,24 @@ class _NativeChain:
 
     def unpack(self, out: list[Tensor]) -> tuple[dict[_Layer, Tensor], dict[_Linear, Tensor]]:
         """A kept step's kernel result as :meth:`run`'s ``(outputs, gradients)``."""
-        outputs: dict[_Layer, Tensor] = {}
-        gradients: dict[_Linear, Tensor] = {}
-        for i, part in enumerate(self.parts):
-            result, pre, grad = out[3 + 3 * i : 6 + 3 * i]
-            act = self.fused[i]
-            if act is not None:  # BatchNorm and activation in one op
-                outputs[part], outputs[act] = pre, result
-            else:
-                outputs[part] = result
-            if isinstance(part, _Linear):
-                gradients[part] = grad
+        where = self.kept_positions
+        outputs = {layer: out[i] for layer, i in zip(self.layers, where, strict=False)}
+        linears = [layer for layer in self.layers if isinstance(layer, _Linear)]
+        gradients = {
+            layer: out[i] for layer, i in zip(linears, where[len(self.layers) :], strict=True)
+        }
         return outputs, gradients
 
     @functools.cached_property
     def kept_positions(self) -> list[int]:
-        """Where each of :meth:`kept`'s tensors is in the kernel's kept result (``unpack``'s
-        layout: after loss, logits and correct, each op's output, pre-activation, ∂L/∂output)."""
+        """Where each of :meth:`kept`'s tensors is in the kernel's kept result: after loss,
+        logits and correct, each op's output, pre-activation and ∂L/∂output (a BatchNorm op that
+        runs its activation too: the BatchNorm's output is the pre-activation)."""
         outputs: dict[_Layer, int] = {}
         gradients: dict[_Linear, int] = {}
         for i, part in enumerate(self.parts):
             act = self.fused[i]
-            if act is not None:
+            if act is not None:  # BatchNorm and activation in one op
                 outputs[part], outputs[act] = 4 + 3 * i, 3 + 3 * i
             else:
                 outputs[part] = 3 + 3 * i
