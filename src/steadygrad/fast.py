@@ -1091,7 +1091,11 @@ class FastStep:
             return None
         where = native.kept_positions
         plan: object = self._kernels.RecordPlan(
-            [where[i] for i in tensors], list(kinds), list(params), list(rows), list(numels),
+            [where[i] for i in tensors],
+            list(kinds),
+            list(params),
+            list(rows),
+            list(numels),
             cancellation,
         )
         return plan
