@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad import init, monitor
+from steadygrad import init, monitor, native
 from steadygrad.errors import DataError
 from steadygrad.monitor import _watch
 from steadygrad.nn import Dense
@@ -349,20 +349,33 @@ def test_dense_with_its_own_activation_is_measured_at_its_affine_output() -> Non
     assert record.layers[0].saturated > 0.05  # type: ignore[operator]  # N(0, 1) weights
 
 
-def test_update_ratio_against_weights_before_and_after_each_step() -> None:
+@pytest.mark.parametrize("every", [1, 3])
+def test_update_ratio_against_weights_before_and_after_each_step(every: int) -> None:
+    """The update ratio and the weight's std of each record against the weights each step's
+    forward used. At every=1 (each step both recorded and the one before a record) one native
+    pass measures the update, gives W's moments and refreshes the copy (``_measure_updates``
+    with ``copy``): the copy is then taken only once, before the first update."""
     torch.manual_seed(0)
     model, (x, y) = ModuleMLP(), batch((32, 6), 4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     layers = [model.fc1, model.fc2, model.fc3]
     weights: list[list[torch.Tensor]] = []  # weights used by the forward of each step
-    with monitor.watch(model, every=3) as mon:
+    copies: list[int] = []
+    original = _watch.Monitor._take_snapshot
+
+    def counting(self: Any) -> None:
+        copies.append(1)
+        original(self)
+
+    with pytest.MonkeyPatch.context() as mp, monitor.watch(model, every=every) as mon:
+        mp.setattr(_watch.Monitor, "_take_snapshot", counting)
         for _ in range(8):
             weights.append([layer.weight.detach().clone() for layer in layers])
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    assert [r.step for r in mon.records] == [0, 3, 6]
+    assert [r.step for r in mon.records] == list(range(0, 8, every))
     assert all(s.update_ratio is None for s in mon.records[0].layers)
     for record in mon.records[1:]:
         for stats, before, now in zip(
@@ -371,6 +384,12 @@ def test_update_ratio_against_weights_before_and_after_each_step() -> None:
             want = ((now - before).double().norm() / now.double().norm()).item()
             assert want > 0
             assert_close(stats.update_ratio, want, rel=1e-4, what=stats.name)
+            assert_close(stats.weight_std, mean_std_norm(now)[1], what=stats.name)
+    # a copy before each step before a record (every step at every=1), or, fused, just once
+    if every == 1 and native.load() is not None:
+        assert len(copies) == 1
+    else:
+        assert len(copies) == (8 if every == 1 else len(mon.records) - 1)
 
 
 def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read() -> None:

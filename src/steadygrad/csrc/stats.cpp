@@ -223,3 +223,60 @@ at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector
   }
   return out;
 }
+
+// For each pair (a monitored weight now, b its copy from before the last update): Σ(a − b)², Σa
+// and Σa², float64 rows of 3, in one pass over both; with `copy`, b ← a in the same pass (the
+// copy the next record's update norm is measured against). One pass where a recorded step that is
+// also the step before the next one (every=1) made three: the copy, the distance and the weight's
+// moments, each over the whole weight (~1 MB for the reference network's first layer).
+at::Tensor distances_and_moments(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
+                                 bool copy) {
+  TORCH_CHECK(a.size() == b.size(), "distances_and_moments: as many tensors on each side");
+  at::Tensor out = at::empty({static_cast<int64_t>(a.size()), 3},
+                             at::TensorOptions().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  for (size_t k = 0; k < a.size(); ++k) {
+    TORCH_CHECK(a[k].scalar_type() == at::kFloat && b[k].scalar_type() == at::kFloat &&
+                    a[k].is_contiguous() && b[k].is_contiguous() && a[k].device().is_cpu() &&
+                    b[k].device().is_cpu() && a[k].numel() == b[k].numel(),
+                "distances_and_moments: contiguous float32 CPU tensors of equal size only");
+    const float* __restrict__ x = a[k].data_ptr<float>();
+    float* __restrict__ y = b[k].data_ptr<float>();
+    const int64_t n = a[k].numel();
+    double dist = 0.0, sum = 0.0, squares = 0.0;
+    for (int64_t start = 0; start < n; start += kBlock) {
+      const int64_t stop = std::min(n, start + kBlock);
+      v8f d0 = {}, d1 = {}, s0 = {}, s1 = {}, q0 = {}, q1 = {};
+      int64_t i = start;
+      for (; i + 16 <= stop; i += 16) {
+        const v8f x0 = load8(x + i), x1 = load8(x + i + 8);
+        const v8f e0 = x0 - load8(y + i), e1 = x1 - load8(y + i + 8);
+        d0 += e0 * e0;
+        d1 += e1 * e1;
+        s0 += x0;
+        s1 += x1;
+        q0 += x0 * x0;
+        q1 += x1 * x1;
+        if (copy) {
+          std::memcpy(y + i, &x0, sizeof x0);
+          std::memcpy(y + i + 8, &x1, sizeof x1);
+        }
+      }
+      float td = 0.0f, ts = 0.0f, tq = 0.0f;
+      for (; i < stop; ++i) {
+        const float e = x[i] - y[i];
+        td += e * e;
+        ts += x[i];
+        tq += x[i] * x[i];
+        if (copy) y[i] = x[i];
+      }
+      dist += hsum(d0 + d1) + td;
+      sum += hsum(s0 + s1) + ts;
+      squares += hsum(q0 + q1) + tq;
+    }
+    o[3 * k] = dist;
+    o[3 * k + 1] = sum;
+    o[3 * k + 2] = squares;
+  }
+  return out;
+}

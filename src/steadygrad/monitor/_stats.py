@@ -211,6 +211,21 @@ def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> 
     return [t for t in out if t is not None]
 
 
+def distances_and_moments(
+    after: list[torch.Tensor], before: list[torch.Tensor], *, copy: bool
+) -> torch.Tensor | None:
+    """Σ (a − b)², Σa and Σa² of each pair, a float64 ``(n, 3)`` tensor, in one native pass per
+    pair (``csrc/stats.cpp``); with ``copy``, ``before`` ← ``after`` in the same pass. None (and
+    nothing done) unless every tensor is contiguous float32 on the CPU and the kernels are built."""
+    pairs = list(zip(after, before, strict=True))
+    if not pairs or not all(native_reads(a) and native_reads(b) for a, b in pairs):
+        return None
+    kernels = native.load()
+    assert kernels is not None  # native_reads
+    out: torch.Tensor = kernels.distances_and_moments(after, before, copy)
+    return out
+
+
 @dataclass
 class Moments:
     """Queued s = Σx and q = Σx² (``squared``) or r = ‖x‖₂ of a tensor of ``n`` entries.

@@ -208,6 +208,8 @@ class _State:
         self.callback_queued = False
         self.loss: torch.Tensor | float | None = None
         self.updates = updates
+        # slot → (W, ΣW, ΣW²) from the pass that measured the update (Monitor._measure_updates)
+        self.weight_sums: dict[_Slot, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         # forward signals to measure when the step ends: (tensor, its version, what to queue)
         self.deferred: list[tuple[torch.Tensor, int, Callable[[], None]]] = []
         # forward signals measured at once, with their version then (see Monitor._measure)
@@ -223,6 +225,7 @@ class _State:
         self.last = None
         self.batch = _stats.Batch()
         self.updates = {}
+        self.weight_sums = {}
         self.deferred = []
         self.seen = []
         self.fast_grads = {}
@@ -504,6 +507,8 @@ class Monitor:
         self._snapshot_plan: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
         # ‖ΔW‖² of the last update per layer: a device scalar, or a float from the update's sums
         self._pending_updates: dict[_Slot, torch.Tensor | float] = {}
+        # slot → (W, ΣW, ΣW²) measured with the update, for the next record (_measure_updates)
+        self._pending_weight_sums: dict[_Slot, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._unsealed: _Unsealed | None = None
         self._order: list[_Slot] = []
         self._handles: list[Any] = []
@@ -714,6 +719,7 @@ class Monitor:
             self._learning = None
             self._kept_waiting = None
             self._pending_updates = {}
+            self._pending_weight_sums = {}
             self._model = None
             self._optimizer = None
             if self._writer is not None:
@@ -865,31 +871,49 @@ class Monitor:
             plan.append((slot, weight, buffer))
         return plan
 
-    def _measure_updates(self) -> None:
+    def _measure_updates(self, copy: bool = False) -> bool:
         """Queue ‖W − W_before‖² (device scalars) for the next record.
 
-        Contiguous float32 CPU weights: one native call (``_stats.squared_distances``); others
-        overwrite their snapshot buffers with the differences (no temporary as large as W).
+        Contiguous float32 CPU weights, all of them: one native pass over each W and its copy
+        (``_stats.distances_and_moments``) that also gives ΣW and ΣW² — the record's weight
+        moments, W being unchanged until the optimizer's step — and, with ``copy``, leaves the
+        copy holding W for the record after this one (every=1): returns True when it did. Others
+        (``_stats.squared_distances``) overwrite their snapshot buffers with the differences (no
+        temporary as large as W).
         """
         snapshot, self._snapshot = self._snapshot, None
         if not snapshot:
-            return
+            return False
         kept = [
             (slot, weight, before)
             for slot, weight, before in snapshot
             # replaced since the snapshot: no update to measure
             if slot.weight() is weight and weight.shape == before.shape
         ]
+        after, before = [w for _, w, _ in kept], [b for _, _, b in kept]
         with torch.no_grad():
-            norms = _stats.squared_distances([w for _, w, _ in kept], [b for _, _, b in kept])
-        for (slot, _, _), norm in zip(kept, norms, strict=True):
-            self._pending_updates[slot] = norm
+            rows = _stats.distances_and_moments(after, before, copy=copy)
+            if rows is None:
+                norms = _stats.squared_distances(after, before)
+                for (slot, _, _), norm in zip(kept, norms, strict=True):
+                    self._pending_updates[slot] = norm
+                return False
+        for k, (slot, weight, _) in enumerate(kept):
+            self._pending_updates[slot] = rows[k, 0]
+            self._pending_weight_sums[slot] = (weight, rows[k, 1], rows[k, 2])
+        weighted = sum(1 for slot in self._slots.values() if slot.weight() is not None)
+        if copy and len(kept) == len(snapshot) == weighted and snapshot is self._snapshot_plan:
+            self._snapshot = snapshot  # the copies hold W now: the next update's "before"
+            return True
+        return False
 
     def _start(self, step: int) -> None:
         self._step = step
+        weight_sums, self._pending_weight_sums = self._pending_weight_sums, {}
         if step % self.every == 0:
             updates, self._pending_updates = self._pending_updates, {}
             self._state = _State(step, updates)
+            self._state.weight_sums = weight_sums
             self._active = True
             self._arm()
         else:
@@ -925,9 +949,12 @@ class Monitor:
             self._seal()
         step = self._next_step
         self._next_step += 1
+        snapshot = (step + 1) % self.every == 0 and not self._norms_given
+        copied = False
         if step % self.every == 0:
-            self._measure_updates()
-        if (step + 1) % self.every == 0 and not self._norms_given:
+            # every=1: the copy for the next record is taken in the same pass, where it can be
+            copied = self._measure_updates(copy=snapshot and self._snapshot_plan is not None)
+        if snapshot and not copied:
             self._take_snapshot()
         self._start(step)
 
@@ -1321,8 +1348,14 @@ class Monitor:
                     )
                     entry.update = self._queue_update(state, entry.slot)
                     continue
-                tensors.append(weight)
-                targets.append((entry, "weight"))
+                measured = state.weight_sums.get(entry.slot)
+                if measured is not None and measured[0] is weight:  # ΣW, ΣW²: the update's pass
+                    entry.weight = _stats.Moments(
+                        weight.numel(), batch.add(measured[1]), batch.add(measured[2]), weight
+                    )
+                else:
+                    tensors.append(weight)
+                    targets.append((entry, "weight"))
                 if weight.grad is not None:
                     tensors.append(weight.grad)
                     targets.append((entry, "weight_grad"))
