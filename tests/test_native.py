@@ -458,6 +458,32 @@ def test_update_norms_in_one_call_equal_torchs() -> None:
     assert not torch.equal(snapshots[1], before[1]) and not torch.equal(snapshots[2], before[2])
 
 
+def test_distances_and_moments_in_one_pass_equal_torchs() -> None:
+    """Σ(a − b)², Σa, Σa² of each pair in one native pass, against float64 sums; ``copy`` leaves
+    b equal to a, without it b is unchanged; anything not contiguous float32 on the CPU: None,
+    nothing done."""
+    from steadygrad.monitor import _stats
+
+    if native.load() is None:
+        pytest.skip("native kernels not built")
+    g = torch.Generator().manual_seed(3)
+    after = [torch.randn(300, 784, generator=g), torch.randn(13, generator=g)]
+    before = [a + 1e-3 * torch.randn(a.shape, generator=g) for a in after]
+    for copying in (False, True):
+        snapshots = [b.clone() for b in before]
+        rows = _stats.distances_and_moments(after, snapshots, copy=copying)
+        assert rows is not None and rows.dtype == torch.float64 and rows.shape == (2, 3)
+        for row, a, b, s in zip(rows.tolist(), after, before, snapshots, strict=True):
+            a64, b64 = a.double(), b.double()
+            want = [float(((a64 - b64) ** 2).sum()), float(a64.sum()), float((a64**2).sum())]
+            assert row == pytest.approx(want, rel=1e-5, abs=1e-6)
+            assert torch.equal(s, a if copying else b)
+    assert (
+        _stats.distances_and_moments([after[0].double()], [before[0].double()], copy=True) is None
+    )
+    assert _stats.distances_and_moments([], [], copy=False) is None
+
+
 def test_recorded_steps_are_native_steps_replayed_to_the_monitor(tmp_path: Any) -> None:
     """fit(monitor=...): recorded steps too run in the kernel, which hands back its intermediate
     tensors; the monitor's records equal those of a run on the Python fast step."""

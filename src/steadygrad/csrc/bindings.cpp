@@ -18,7 +18,6 @@ at::Tensor record_stats(const std::vector<at::Tensor>& tensors, const std::vecto
                         const std::vector<double>& params, const at::Tensor& sums,
                         const std::vector<int64_t>& rows, const std::vector<int64_t>& numels,
                         double cancellation);
-at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b);
 at::Tensor distances_and_moments(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
                                  bool copy);
 at::Tensor sgd_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
@@ -44,8 +43,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("record_stats", &record_stats,
         "The numbers of one recorded step's layers: reduce's requests finished into moments and "
         "fractions, and the update's sums into the weights' moments (csrc/stats.cpp)");
-  m.def("squared_distances", &squared_distances,
-        "Σ (a − b)² of each pair of tensors, float64 (csrc/stats.cpp)");
   m.def("distances_and_moments", &distances_and_moments, py::arg("a"), py::arg("b"),
         py::arg("copy"),
         "Σ (a − b)², Σa, Σa² of each pair, float64 (n, 3), and b ← a with copy "

@@ -190,42 +190,8 @@ at::Tensor record_stats(const std::vector<at::Tensor>& tensors, const std::vecto
   return out;
 }
 
-// Σ (a − b)² of each pair (a monitored weight after an optimizer step and its snapshot from
-// before), as a float64 vector: the update norms ‖ΔW‖² of a step in one call.
-at::Tensor squared_distances(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  TORCH_CHECK(a.size() == b.size(), "squared_distances: as many tensors on each side");
-  at::Tensor out = at::empty({static_cast<int64_t>(a.size())},
-                             at::TensorOptions().dtype(at::kDouble));
-  double* o = out.data_ptr<double>();
-  for (size_t k = 0; k < a.size(); ++k) {
-    TORCH_CHECK(a[k].scalar_type() == at::kFloat && b[k].scalar_type() == at::kFloat &&
-                    a[k].is_contiguous() && b[k].is_contiguous() && a[k].device().is_cpu() &&
-                    b[k].device().is_cpu() && a[k].numel() == b[k].numel(),
-                "squared_distances: contiguous float32 CPU tensors of equal size only");
-    const float* __restrict__ x = a[k].data_ptr<float>();
-    const float* __restrict__ y = b[k].data_ptr<float>();
-    const int64_t n = a[k].numel();
-    double total = 0.0;
-    for (int64_t start = 0; start < n; start += kBlock) {
-      const int64_t stop = std::min(n, start + kBlock);
-      v8f q0 = {}, q1 = {};
-      int64_t i = start;
-      for (; i + 16 <= stop; i += 16) {
-        const v8f d0 = load8(x + i) - load8(y + i), d1 = load8(x + i + 8) - load8(y + i + 8);
-        q0 += d0 * d0;
-        q1 += d1 * d1;
-      }
-      float tail = 0.0f;
-      for (; i < stop; ++i) tail += (x[i] - y[i]) * (x[i] - y[i]);
-      total += hsum(q0 + q1) + tail;
-    }
-    o[k] = total;
-  }
-  return out;
-}
-
-// For each pair (a monitored weight now, b its copy from before the last update): Σ(a − b)², Σa
-// and Σa², float64 rows of 3, in one pass over both; with `copy`, b ← a in the same pass (the
+// For each pair (a monitored weight now, b its copy from before the last update): Σ(a − b)² (the
+// update's squared norm ‖ΔW‖²), Σa and Σa², float64 rows of 3, in one pass over both; with `copy`, b ← a in the same pass (the
 // copy the next record's update norm is measured against). One pass where a recorded step that is
 // also the step before the next one (every=1) made three: the copy, the distance and the weight's
 // moments, each over the whole weight (~1 MB for the reference network's first layer).

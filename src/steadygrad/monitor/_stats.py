@@ -189,8 +189,9 @@ def native_reads(t: torch.Tensor) -> bool:
 def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
     """Σ (a − b)² of each pair, as 0-d device tensors (nothing read on the host).
 
-    Contiguous float32 CPU pairs go to the native kernel in one call; others are ``before`` −
-    ``after`` in place (the snapshot buffer is overwritten) and a dot product each.
+    Contiguous float32 CPU pairs go to the native kernel in one call
+    (:func:`distances_and_moments`); others are ``before`` − ``after`` in place (the snapshot
+    buffer is overwritten) and a dot product each.
     """
     readable = [
         i
@@ -198,13 +199,12 @@ def squared_distances(after: list[torch.Tensor], before: list[torch.Tensor]) -> 
         if native_reads(a) and native_reads(b)
     ]
     out: list[torch.Tensor | None] = [None] * len(after)
-    kernels = native.load() if readable else None
-    if kernels is not None:
-        values = kernels.squared_distances(
-            [after[i] for i in readable], [before[i] for i in readable]
-        )
+    values = distances_and_moments(
+        [after[i] for i in readable], [before[i] for i in readable], copy=False
+    )
+    if values is not None:
         for k, i in enumerate(readable):
-            out[i] = values[k]
+            out[i] = values[k, 0]
     for i, (a, b) in enumerate(zip(after, before, strict=True)):
         if out[i] is None:
             out[i] = sum_of_squares(b.sub_(a))
