@@ -1070,8 +1070,7 @@ class FastStep:
             rows = None
         if not out:
             return StepsTaken(done, sums if done == len(bounds) else None, None, None, rows)
-        outputs, gradients = native.unpack(out)
-        return StepsTaken(done, sums, out[0], native.kept(outputs, gradients), rows)
+        return StepsTaken(done, sums, out[0], [out[i] for i in native.kept_positions], rows)
 
     def record_plan(
         self,

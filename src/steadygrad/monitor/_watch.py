@@ -30,7 +30,7 @@ import math
 import sys
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple, TypeVar
@@ -262,8 +262,6 @@ class _KeptPlan:
     key: weakref.ref[object]
     size: int
     layers: tuple[_KeptLayer, ...]
-    # (slot, weight shape) → _recommended_std, whose cache key costs more than the lookup
-    recommended: dict[tuple[_Slot, tuple[int, ...]], float | None] = field(default_factory=dict)
 
     @functools.cached_property
     def requests(self) -> _KeptRequests:
@@ -1520,7 +1518,6 @@ class Monitor:
         rows = {id(p): k for k, p in enumerate(params)}
         at: list[int] = []
         weights: list[torch.Tensor] = []
-        recommended: list[float | None] = []
         for item in plan.layers:
             weight = item.slot.weight()
             row = rows.get(id(weight)) if weight is not None else None
@@ -1528,11 +1525,6 @@ class Monitor:
                 return None
             at.append(row)
             weights.append(weight)
-            recommended.append(
-                _recommended_std(item.activation, tuple(weight.shape))
-                if item.status in ("module", "activation", "none")
-                else None
-            )
         numels = tuple(w.numel() for w in weights)
         req = plan.requests
         native_plan = make(req.indices, req.kinds, req.bounds, at, numels, _stats.CANCELLATION)
@@ -1546,7 +1538,7 @@ class Monitor:
             slots=tuple(item.slot for item in plan.layers),
             weights=tuple(weights),
             numels=numels,
-            fields=Monitor._layer_fields(plan, recommended),
+            fields=Monitor._layer_fields(plan, weights),
             ok=size - 1,
             loss=size,
             changes=size + 1,
@@ -1607,13 +1599,12 @@ class Monitor:
         self._write(record, {})
 
     @staticmethod
-    def _layer_fields(
-        plan: _KeptPlan, recommended: tuple[float | None, ...] | list[float | None]
-    ) -> tuple[_LayerFields, ...]:
-        """What :meth:`_kept_layers` needs of each layer of ``plan``, decided once: its names,
-        depth, the offsets of its numbers in ``record_stats``'s values (see
-        :attr:`_KeptPlan.requests`; −1: none), whether it counts saturated and dead units, and
-        its ``recommended`` std. The slots learn their activation's name here."""
+    def _layer_fields(plan: _KeptPlan, weights: list[torch.Tensor]) -> tuple[_LayerFields, ...]:
+        """What :meth:`_kept_layers` needs of each layer of ``plan`` (whose weights are
+        ``weights``), decided once: its names, depth, the offsets of its numbers in
+        ``record_stats``'s values (see :attr:`_KeptPlan.requests`; −1: none), whether it counts
+        saturated and dead units, and the std ``init.recommended`` gives its weight (as
+        :meth:`_layer_stats` does). The slots learn their activation's name here."""
         req = plan.requests
         fields = []
         for j, item in enumerate(plan.layers):
@@ -1623,9 +1614,12 @@ class Monitor:
             slot.activation = name
             pre, act, grad, saturated, dead = req.places[j]
             counts = item.counts and item.pre is not None
+            recommended = None
+            if item.status in ("module", "activation", "none"):
+                recommended = _recommended_std(item.activation, tuple(weights[j].shape))
             layer = _LayerFields(
                 slot.name, slot.kind, slot.depth, name, pre, act, grad, saturated, dead,
-                req.weights + 6 * j, counts, recommended[j],
+                req.weights + 6 * j, counts, recommended,
             )  # fmt: skip
             fields.append(layer)
         return tuple(fields)
@@ -1740,19 +1734,9 @@ class Monitor:
         ).tolist()
         if not values[-1]:
             return False
-        recommended: list[float | None] = []
-        for item, weight in zip(plan.layers, weights, strict=True):
-            value = None
-            if item.status in ("module", "activation", "none"):
-                shape = tuple(weight.shape)
-                value = plan.recommended.get((item.slot, shape), math.nan)
-                if value is not None and math.isnan(value):
-                    value = _recommended_std(item.activation, shape)
-                    plan.recommended[(item.slot, shape)] = value
-            recommended.append(value)
         updates = state.updates
         changes = [updates.get(item.slot) for item in plan.layers]
-        layers = self._kept_layers(self._layer_fields(plan, recommended), values, changes)
+        layers = self._kept_layers(self._layer_fields(plan, weights), values, changes)
         state.finalized = True
         self._deactivate()
         loss = state.loss
