@@ -1196,3 +1196,135 @@ def test_layer_stats_is_the_constructor_without_its_cost() -> None:
         made.dead = 0.0  # type: ignore[misc]
     with pytest.raises(TypeError, match="layer_stats takes 19 values; got 2"):
         layer_stats("a", "Linear")
+
+
+# --------------------------------------------------------------------- planned reads
+
+
+class Switching(nn.Module):
+    """Linear → ReLU → Linear → (sigmoid, then tanh from the ``switch_at``-th forward on) →
+    Linear, a NaN in the input on the ``nan_at``-th forward: steps that differ from the plan."""
+
+    def __init__(self, switch_at: int = 10**9, nan_at: int = 10**9) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 16), nn.Linear(16, 12), nn.Linear(12, 4)
+        self.act = nn.ReLU()
+        self.switch_at, self.nan_at = switch_at, nan_at
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calls == self.nan_at:
+            x = x.clone()
+            x[0, 0] = math.nan
+        squash = torch.tanh if self.calls >= self.switch_at else torch.sigmoid
+        self.calls += 1
+        return self.fc3(squash(self.fc2(self.act(self.fc1(x)))))
+
+
+def _planned_and_general(
+    make: Callable[[], nn.Module], steps: int, every: int
+) -> tuple[monitor.Monitor, monitor.Monitor, list[int]]:
+    """The same training watched twice: read by the plan where it applies, and always the
+    general way (``_finalize_planned`` declining); the steps the plan read."""
+    planned_steps: list[int] = []
+    original = _watch.Monitor._finalize_planned
+
+    def counting(self: _watch.Monitor, state: Any) -> bool:
+        read = original(self, state)
+        if read:
+            planned_steps.append(state.step)
+        return read
+
+    runs = []
+    for planned in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(
+                _watch.Monitor,
+                "_finalize_planned",
+                counting if planned else (lambda self, state: False),
+            )
+            torch.manual_seed(0)
+            mon, _ = _train_monitored(make(), steps, every, defer=True)
+        runs.append(mon)
+    return runs[0], runs[1], planned_steps
+
+
+def _assert_equal_records(a: monitor.Monitor, b: monitor.Monitor) -> None:
+    """Field for field; floats to 1e-12 (the native kernel's std rounds once where Python's
+    formula rounds twice), None, NaN and counts exactly."""
+    assert [r.step for r in a.records] == [r.step for r in b.records]
+    assert [repr(r.loss) for r in a.records] == [repr(r.loss) for r in b.records]  # NaN too
+    assert a.notes == b.notes
+    for ra, rb in zip(a.records, b.records, strict=True):
+        for la, lb in zip(ra.layers, rb.layers, strict=True):
+            for key, va in la.to_dict().items():
+                vb = lb.to_dict()[key]
+                if isinstance(va, float) and isinstance(vb, float):
+                    assert va == pytest.approx(vb, rel=1e-12, abs=1e-300), (ra.step, la.name, key)
+                else:
+                    assert va == vb, (ra.step, la.name, key)
+
+
+def _elu_dense_model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        Dense(6, 12, activation="elu"), nn.Linear(12, 12), nn.Tanh(),
+        nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4),
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(native.load() is None, reason="native kernels not built")
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("module activations", ModuleMLP),
+        ("functional activations", lambda: nn.Sequential(FunctionalMLP(), nn.Linear(3, 4))),
+        ("residual, one ReLU module reused", lambda: nn.Sequential(ResidualMLP(), nn.Linear(3, 4))),
+        ("Dense with its own ELU, Tanh and ReLU modules", _elu_dense_model),
+    ],
+)
+def test_planned_reads_equal_the_general_reads(
+    name: str, make: Callable[[], nn.Module], every: int
+) -> None:
+    """After the first deferred step read the general way, recorded steps are read by the
+    plan it taught, in one native call, and give the same records."""
+    steps = 12
+    planned, general, read = _planned_and_general(make, steps, every)
+    _assert_equal_records(planned, general)
+    recorded = [r.step for r in planned.records]
+    assert read == recorded[2:], name  # step 0 eager, the next one teaches the plan
+
+
+@pytest.mark.skipif(native.load() is None, reason="native kernels not built")
+def test_steps_that_differ_from_the_plan_are_read_the_general_way() -> None:
+    """A NaN on the last step (its counts need the precise pass), a different activation (the
+    plan is learnt again from that step) and a CNN (its dead channels are not (batch, units)):
+    the plan declines those steps, and every record equals the general path's."""
+    planned, general, read = _planned_and_general(lambda: Switching(nan_at=8), 9, 1)
+    _assert_equal_records(planned, general)
+    assert planned.records[8].layer("fc1").nan > 0
+    assert read == [2, 3, 4, 5, 6, 7]
+
+    planned, general, read = _planned_and_general(lambda: Switching(switch_at=5), 9, 1)
+    _assert_equal_records(planned, general)
+    assert planned.records[4].layer("fc2").activation == "sigmoid"
+    assert planned.records[5].layer("fc2").activation == "tanh"
+    assert read == [2, 3, 4, 6, 7, 8]
+
+    torch.manual_seed(0)
+    model, (x, y) = MODELS["small CNN"]()
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        original = _watch.Monitor._finalize_planned
+        mp.setattr(
+            _watch.Monitor,
+            "_finalize_planned",
+            lambda self, state: calls.append(original(self, state)) or calls[-1],
+        )
+        with monitor.watch(model, every=1) as mon:
+            for _ in range(4):
+                model.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+    assert mon._hook_plan is None and not any(calls)
+    assert all(r.layer("conv2").dead is not None for r in mon.records)

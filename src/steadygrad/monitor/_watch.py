@@ -148,10 +148,10 @@ class _Entry:
     """What one layer queued on one recorded step."""
 
     __slots__ = (
-        "act", "act_hist", "activation", "calls", "claimed", "claiming", "dead", "dead_fixed",
-        "dead_units", "grad", "grad_hist", "grad_ref", "in_forward", "internal", "pre",
-        "resolved", "sat", "sat_fixed", "sat_n", "slot", "status", "update", "weight",
-        "weight_grad", "z", "z_moments", "z_node", "z_version",
+        "act", "act_hist", "act_src", "activation", "calls", "claimed", "claiming", "dead",
+        "dead_fixed", "dead_units", "grad", "grad_hist", "grad_ref", "in_forward", "internal",
+        "pre", "pre_src", "resolved", "sat", "sat_fixed", "sat_n", "slot", "status", "update",
+        "weight", "weight_grad", "z", "z_moments", "z_node", "z_version",
     )  # fmt: skip
 
     def __init__(self, slot: _Slot) -> None:
@@ -170,6 +170,10 @@ class _Entry:
         self.z_moments: _stats.Moments | None = None
         self.pre: _stats.Moments | None = None
         self.act: _stats.Moments | None = None
+        # the tensors pre and act are (to be) measured on, known when their hooks ran: a planned
+        # step (Monitor._finalize_planned) reads them without the queued measurements
+        self.pre_src: torch.Tensor | None = None
+        self.act_src: torch.Tensor | None = None
         self.sat: int | None = None
         self.sat_n = 0
         self.sat_fixed: float | None = None
@@ -190,6 +194,8 @@ class _Entry:
         self.z = None
         self.z_node = None
         self.grad_ref = None
+        self.pre_src = None
+        self.act_src = None
         for m in (self.z_moments, self.pre, self.act, self.grad, self.weight, self.weight_grad):
             if m is not None:
                 m.ref = None
@@ -210,6 +216,11 @@ class _State:
         self.updates = updates
         # slot → (W, ΣW, ΣW²) from the pass that measured the update (Monitor._measure_updates)
         self.weight_sums: dict[_Slot, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # the same pass whole: its (n, 3) rows (‖ΔW‖², ΣW, ΣW²) and the slots in row order
+        self.weight_pass: tuple[torch.Tensor, tuple[_Slot, ...]] | None = None
+        # how many notes the monitor had when the step began (a plan is learnt from a step
+        # that added none)
+        self.notes = 0
         # forward signals to measure when the step ends: (tensor, its version, what to queue)
         self.deferred: list[tuple[torch.Tensor, int, Callable[[], None]]] = []
         # forward signals measured at once, with their version then (see Monitor._measure)
@@ -226,6 +237,7 @@ class _State:
         self.batch = _stats.Batch()
         self.updates = {}
         self.weight_sums = {}
+        self.weight_pass = None
         self.deferred = []
         self.seen = []
         self.fast_grads = {}
@@ -322,7 +334,8 @@ class _LayerFields(NamedTuple):
     grad: int
     saturated: int
     dead: int
-    weight: int
+    weight: int  # W's mean, std, norm
+    weight_grad: int  # ∂L/∂W's mean, std, norm
     counts: bool
     recommended: float | None
 
@@ -352,6 +365,41 @@ class _RunPlan:
             slot.weight() is weight and weight.numel() == n
             for slot, weight, n in zip(self.slots, self.weights, self.numels, strict=True)
         )
+
+
+@dataclass(frozen=True)
+class _HookPlan:
+    """How a recorded step seen through the hooks is read in one native call, learnt from a
+    step read the general way (:meth:`Monitor._learn_hooks`); used while the next steps show
+    the same layers, the same activations and the same weights (:meth:`Monitor._finalize_planned`).
+
+    ``plan``'s indices: 3j, 3j + 1, 3j + 2 for layer j's pre-activation, activation and ∂L/∂z
+    (by depth); ``keys``: each layer's (status, activation) as :func:`_activation_key` gives it;
+    ``kinds``/``bounds``: ``plan.requests``' and then one moments request per weight gradient;
+    ``two_d``: the indices whose tensor must be (batch, units) (their dead units are counted);
+    ``pass_slots``/``pass_rows``: the weight pass's slots (:meth:`Monitor._measure_updates`)
+    and each layer's row in it."""
+
+    plan: _KeptPlan
+    keys: tuple[tuple[str | None, object], ...]
+    slots: tuple[_Slot, ...]
+    weights: tuple[torch.Tensor, ...]
+    numels: tuple[int, ...]
+    kinds: list[int]
+    bounds: list[float]
+    two_d: tuple[int, ...]
+    fields: tuple[_LayerFields, ...]
+    pass_slots: tuple[_Slot, ...]
+    pass_rows: tuple[int, ...]
+
+
+_NO_SUMS: Final = torch.empty(0, 5, dtype=torch.float64)  # record_stats without update sums
+
+
+def _activation_key(activation: activations.Activation | None) -> object:
+    """What a record takes from an activation: its class and parameters (functional activations
+    are new objects on every step)."""
+    return None if activation is None else (type(activation), activation.extra_repr())
 
 
 class _FastObserver:
@@ -507,6 +555,7 @@ class Monitor:
         self._pending_updates: dict[_Slot, torch.Tensor | float] = {}
         # slot → (W, ΣW, ΣW²) measured with the update, for the next record (_measure_updates)
         self._pending_weight_sums: dict[_Slot, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._pending_pass: tuple[torch.Tensor, tuple[_Slot, ...]] | None = None
         self._unsealed: _Unsealed | None = None
         self._order: list[_Slot] = []
         self._handles: list[Any] = []
@@ -529,6 +578,9 @@ class Monitor:
         self._norms_given = False
         # the learnt plan bound to the trainer's parameters, for its native runs (_run_plan)
         self._run: _RunPlan | None = None
+        # how a recorded step of the hooks is read in one native call, learnt from one read the
+        # general way (see _finalize_planned)
+        self._hook_plan: _HookPlan | None = None
 
         self._tensorboard: Any = None
         self._writer: _output.LogWriter | None = None
@@ -718,6 +770,8 @@ class Monitor:
             self._kept_waiting = None
             self._pending_updates = {}
             self._pending_weight_sums = {}
+            self._pending_pass = None
+            self._hook_plan = None
             self._model = None
             self._optimizer = None
             if self._writer is not None:
@@ -899,6 +953,7 @@ class Monitor:
         for k, (slot, weight, _) in enumerate(kept):
             self._pending_updates[slot] = rows[k, 0]
             self._pending_weight_sums[slot] = (weight, rows[k, 1], rows[k, 2])
+        self._pending_pass = (rows, tuple(slot for slot, _, _ in kept))
         weighted = sum(1 for slot in self._slots.values() if slot.weight() is not None)
         if copy and len(kept) == len(snapshot) == weighted and snapshot is self._snapshot_plan:
             self._snapshot = snapshot  # the copies hold W now: the next update's "before"
@@ -908,10 +963,13 @@ class Monitor:
     def _start(self, step: int) -> None:
         self._step = step
         weight_sums, self._pending_weight_sums = self._pending_weight_sums, {}
+        weight_pass, self._pending_pass = self._pending_pass, None
         if step % self.every == 0:
             updates, self._pending_updates = self._pending_updates, {}
             self._state = _State(step, updates)
             self._state.weight_sums = weight_sums
+            self._state.weight_pass = weight_pass
+            self._state.notes = len(self._notes)
             self._active = True
             self._arm()
         else:
@@ -1031,6 +1089,7 @@ class Monitor:
         entry.z = output
         entry.z_node = output.grad_fn
         entry.z_version = output._version
+        entry.pre_src = output
         if not slot.module_activation_seen:
 
             def z_moments() -> None:
@@ -1150,6 +1209,7 @@ class Monitor:
         entry.status = "module"
         entry.activation = activation
         entry.slot.module_activation_seen = True
+        entry.pre_src = x
         if entry.internal:  # Dense: the activation's input is the layer's affine output z
             entry.z = x
             entry.z_node = x.grad_fn
@@ -1179,6 +1239,7 @@ class Monitor:
         entry.claiming = None
         entry.resolved = True
         if isinstance(output, torch.Tensor) and output.is_floating_point():
+            entry.act_src = output
             self._measure(state, output, lambda: self._measure_act(state, entry, output))
 
     def _measure(self, state: _State, tensor: torch.Tensor, queue: Callable[[], None]) -> None:
@@ -1262,7 +1323,9 @@ class Monitor:
         if entry.claimed or state is None or z is None:
             return
         unchanged = z._version == entry.z_version
+        entry.pre_src = z
         if later is not None and later.is_floating_point():
+            entry.act_src = later
             self._measure(state, later, lambda: self._measure_act(state, entry, later))
             same = later is z and unchanged  # z itself goes on: no activation
             # On a replayed fast step there is no graph; the step's program has no activation
@@ -1308,7 +1371,12 @@ class Monitor:
         """Queue the weights and gradients, read everything once, append the record.
 
         ``given``: id(parameter) → (the update's sums, row) (see :meth:`_updated`): that
-        parameter's and its gradient's moments are read from there instead of computed."""
+        parameter's and its gradient's moments are read from there instead of computed.
+        Without it, a step that matches the plan learnt from an earlier one is read in one
+        native call instead (:meth:`_finalize_planned`)."""
+        if given is None and self._hook_plan is not None and self._finalize_planned(state):
+            return
+        plain = given is None and bool(state.deferred) and not state.seen
         state.finalized = True
         if self._state is state:
             self._deactivate()
@@ -1395,7 +1463,202 @@ class Monitor:
             loss = state.loss
         if self._learning is not None:
             self._kept_plan = self._learn(state, entries)
+        elif plain and not precise:
+            self._hook_plan = self._learn_hooks(state, entries)
         self._emit(state, loss, layers, histograms)
+
+    def _learn_hooks(self, state: _State, entries: list[_Entry]) -> _HookPlan | None:
+        """The plan a step read by :meth:`_finalize` shows (see :meth:`_finalize_planned`), or
+        None where it was not plain: a note added (a skipped module, an unknown activation, a
+        layer called twice, a signal overwritten in place), a statistic from elsewhere than the
+        tensors its hooks saw, a tensor the native reduction cannot read, a weight without its
+        gradient or outside the weight pass, histograms or TensorBoard wanted, a replayed step.
+        """
+        weight_pass = state.weight_pass
+        if (
+            len(self._notes) != state.notes
+            or state.fast_grads
+            or weight_pass is None
+            or self._histograms
+            or self._tensorboard is not None
+            or not entries
+            or native.load() is None
+        ):
+            return None
+        pass_rows = {slot: k for k, slot in enumerate(weight_pass[1])}
+        layers: list[_KeptLayer] = []
+        keys: list[tuple[str | None, object]] = []
+        weights: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        rows: list[int] = []
+        two_d: list[int] = []
+        for j, entry in enumerate(sorted(entries, key=lambda e: e.slot.depth or 0)):
+            slot = entry.slot
+            weight = slot.weight()
+            if (
+                entry.calls != 1
+                or not entry.resolved
+                or slot.depth is None
+                or weight is None
+                or weight.grad is None
+                or slot not in pass_rows
+                or entry.weight is None
+                or entry.weight_grad is None
+            ):
+                return None
+            sources = []
+            for measured, source in ((entry.pre, entry.pre_src), (entry.act, entry.act_src)):
+                if (measured is None) != (source is None):
+                    return None
+                if measured is not None and measured.ref is not source:
+                    return None
+                sources.append(source)
+            if (entry.grad is None) != (entry.grad_ref is None):
+                return None
+            sources.append(entry.grad_ref)
+            if not all(t is None or _stats.native_reads(t) for t in sources):
+                return None
+            counts = any(
+                v is not None for v in (entry.sat, entry.sat_fixed, entry.dead, entry.dead_fixed)
+            )
+            region: tuple[float, float] | None = None
+            dead_below: float | None = None
+            pre = entry.pre_src
+            if counts:
+                if pre is None or entry.activation is None:
+                    return None
+                lo, hi = _saturation_region(entry.activation)
+                region = None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
+                dead_below = entry.activation.dead_below
+                if dead_below is not None:
+                    if entry.dead is None or pre.ndim != 2 or slot.unit_dim not in (-1, 1):
+                        return None
+                    two_d.append(3 * j)
+            layers.append(
+                _KeptLayer(
+                    slot=slot,
+                    status=entry.status,
+                    activation=entry.activation,
+                    pre=None if pre is None else 3 * j,
+                    act=None if entry.act_src is None else 3 * j + 1,
+                    grad=None if entry.grad_ref is None else 3 * j + 2,
+                    counts=counts,
+                    region=region,
+                    dead_below=dead_below,
+                )
+            )
+            keys.append((entry.status, _activation_key(entry.activation)))
+            weights.append(weight)
+            grads.append(weight.grad)
+            rows.append(pass_rows[slot])
+        if not all(_stats.native_reads(g) for g in grads):
+            return None
+        model = self._model
+        assert model is not None
+        plan = _KeptPlan(key=weakref.ref(model), size=3 * len(layers), layers=tuple(layers))
+        req = plan.requests
+        count = len(layers)
+        # record_stats's numbers: the requests', then 3 per weight gradient, then its flag; W's
+        # three per layer are appended after it (_finalize_planned)
+        apart = (req.weights + 3 * count + 1, req.weights)
+        return _HookPlan(
+            plan=plan,
+            keys=tuple(keys),
+            slots=tuple(item.slot for item in layers),
+            weights=tuple(weights),
+            numels=tuple(w.numel() for w in weights),
+            kinds=[*req.kinds, *[_stats.KIND_MOMENTS] * count],
+            bounds=[*req.bounds, *[0.0] * (2 * count)],
+            two_d=tuple(two_d),
+            fields=self._layer_fields(plan, weights, apart),
+            pass_slots=weight_pass[1],
+            pass_rows=tuple(rows),
+        )
+
+    def _finalize_planned(self, state: _State) -> bool:
+        """Read a recorded step as :meth:`_finalize` would, in one native call.
+
+        :meth:`_finalize` decides on every step which tensor feeds which statistic, queues each
+        reduction, reads them, checks each sum and builds each layer's record: ~0.4 ms of
+        Python a record on the reference network, more than the arithmetic. Those decisions
+        are the same on every step that shows the same layers: the plan learnt from a step read
+        that way (:meth:`_learn_hooks`) gives the tensors' order, and ``record_stats``
+        (csrc/stats.cpp) gives every number and the check that the sums suffice; W's moments
+        come from the weight pass (:meth:`_measure_updates`). The record is the same, number
+        for number. Returns False, having changed nothing, where the step differs from the plan
+        in anything the record depends on, or a sum is not finite or cancels: :meth:`_finalize`
+        then reads it the general way (and its precise second pass).
+        """
+        plan = self._hook_plan
+        kernels = native.load()
+        weight_pass = state.weight_pass
+        entries = state.entries
+        if (
+            plan is None
+            or kernels is None
+            or state.fast_grads
+            or state.seen
+            or not state.deferred
+            or self._learning is not None
+            or weight_pass is None
+            or weight_pass[1] != plan.pass_slots
+            or len(entries) != len(plan.slots)
+        ):
+            return False
+        for tensor, version, _ in state.deferred:
+            if tensor._version != version:
+                return False  # overwritten in place: _finalize notes it
+        tensors: list[torch.Tensor | None] = []
+        for item, key in zip(plan.plan.layers, plan.keys, strict=True):
+            entry = entries.get(item.slot)
+            if (
+                entry is None
+                or entry.calls != 1
+                or not entry.resolved
+                or (entry.status, _activation_key(entry.activation)) != key
+                or (entry.pre_src is None) != (item.pre is None)
+                or (entry.act_src is None) != (item.act is None)
+                or (entry.grad_ref is None) != (item.grad is None)
+            ):
+                return False
+            tensors += (entry.pre_src, entry.act_src, entry.grad_ref)
+        grads: list[torch.Tensor] = []
+        for slot, weight, n in zip(plan.slots, plan.weights, plan.numels, strict=True):
+            if slot.weight() is not weight or weight.numel() != n or weight.grad is None:
+                return False
+            grads.append(weight.grad)
+        req = plan.plan.requests
+        inputs = [tensors[i] for i in req.indices]
+        if not all(t is not None and _stats.native_reads(t) for t in inputs) or not all(
+            _stats.native_reads(g) for g in grads
+        ):
+            return False
+        if any(t.ndim != 2 for t in (tensors[i] for i in plan.two_d) if t is not None):
+            return False
+        values: list[float] = kernels.record_stats(
+            [*inputs, *grads], plan.kinds, plan.bounds, _NO_SUMS, [], [], _stats.CANCELLATION
+        ).tolist()
+        if not values[-1]:
+            return False
+        rows = weight_pass[0].tolist()
+        for row, n in zip(plan.pass_rows, plan.numels, strict=True):
+            _, total, squares = rows[row]
+            if not _stats.sufficient(total, squares, n):
+                return False
+            values += _stats.from_sums(total, squares, n)
+        changes = [state.updates.get(slot) for slot in plan.slots]
+        layers = self._kept_layers(plan.fields, values, changes)
+        state.finalized = True
+        if self._state is state:
+            self._deactivate()
+        loss = state.loss
+        self._emit(
+            state,
+            float(loss.detach().float()) if isinstance(loss, torch.Tensor) else loss,
+            layers,
+            {},
+        )
+        return True
 
     @staticmethod
     def _queue_update(state: _State, slot: _Slot) -> int | None:
@@ -1599,12 +1862,20 @@ class Monitor:
         self._write(record, {})
 
     @staticmethod
-    def _layer_fields(plan: _KeptPlan, weights: list[torch.Tensor]) -> tuple[_LayerFields, ...]:
+    def _layer_fields(
+        plan: _KeptPlan,
+        weights: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        apart: tuple[int, int] | None = None,
+    ) -> tuple[_LayerFields, ...]:
         """What :meth:`_kept_layers` needs of each layer of ``plan`` (whose weights are
         ``weights``), decided once: its names, depth, the offsets of its numbers in
         ``record_stats``'s values (see :attr:`_KeptPlan.requests`; −1: none), whether it counts
         saturated and dead units, and the std ``init.recommended`` gives its weight (as
-        :meth:`_layer_stats` does). The slots learn their activation's name here."""
+        :meth:`_layer_stats` does). The slots learn their activation's name here.
+
+        W's and ∂L/∂W's numbers follow the requests' as record_stats gives them from an
+        update's sums (6 per layer), or, with ``apart`` = (w, g), W's 3 per layer start at w and
+        ∂L/∂W's at g (see :meth:`_finalize_planned`)."""
         req = plan.requests
         fields = []
         for j, item in enumerate(plan.layers):
@@ -1617,9 +1888,13 @@ class Monitor:
             recommended = None
             if item.status in ("module", "activation", "none"):
                 recommended = _recommended_std(item.activation, tuple(weights[j].shape))
+            if apart is None:
+                weight, weight_grad = req.weights + 6 * j, req.weights + 6 * j + 3
+            else:
+                weight, weight_grad = apart[0] + 3 * j, apart[1] + 3 * j
             layer = _LayerFields(
                 slot.name, slot.kind, slot.depth, name, pre, act, grad, saturated, dead,
-                req.weights + 6 * j, counts, recommended,
+                weight, weight_grad, counts, recommended,
             )  # fmt: skip
             fields.append(layer)
         return tuple(fields)
@@ -1634,7 +1909,7 @@ class Monitor:
         arguments, no keyword call (~10 µs a record less than :func:`_layer_record`)."""
         layers: list[LayerStats] = []
         for f, change in zip(fields, changes, strict=True):
-            pre, act, grad, w = f.pre, f.act, f.grad, f.weight  # w: mean, std, norm of W, of ∂W
+            pre, act, grad, w, wg = f.pre, f.act, f.grad, f.weight, f.weight_grad
             stats = layer_stats(  # LayerStats's fields, in order
                 f.name, f.kind, f.depth, f.activation,
                 None if pre < 0 else values[pre], None if pre < 0 else values[pre + 1],
@@ -1642,7 +1917,7 @@ class Monitor:
                 ((values[f.saturated] if f.saturated >= 0 else 0.0) if f.counts else None),
                 ((values[f.dead] if f.dead >= 0 else 0.0) if f.counts else None),
                 None if grad < 0 else values[grad + 1], None if grad < 0 else values[grad + 2],
-                values[w + 1], values[w + 4], values[w + 5],
+                values[w + 1], values[wg + 1], values[wg + 2],
                 None if change is None else _update_ratio(float(change), values[w + 2]),
                 f.recommended, 0, 0,
             )  # fmt: skip
