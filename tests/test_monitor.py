@@ -525,10 +525,12 @@ def test_monitoring_changes_neither_outputs_nor_gradients() -> None:
 
 
 def test_no_host_synchronisation_on_unrecorded_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unrecorded steps read nothing; a recorded step reads its values in one ``Batch.read``.
+    """Unrecorded steps read nothing; a recorded step reads its values in one ``Batch.read``,
+    or, read by a plan, in one native call's ``tolist()``.
 
     (On CPU ``Batch.read`` uses ``item()`` per value, which is cheaper there than a stack; on a
-    GPU it is one ``tolist()``. Either way no value is read outside it.)
+    GPU it is one ``tolist()``. Either way no device value is read outside it: the weight
+    pass and the plan's call are native kernels over CPU tensors.)
     """
     from steadygrad.monitor import _stats
 
@@ -577,9 +579,17 @@ def test_no_host_synchronisation_on_unrecorded_steps(monkeypatch: pytest.MonkeyP
         assert reads == [] and batch_reads == []
         step(mon)  # step 5, recorded: the statistics in one read, then the loss
         assert len(batch_reads) == 1 and batch_reads[0] > 10
-        assert reads == ["__float__"]  # log_loss reads the loss
+        # the weight pass's rows (a native kernel's CPU result, read once), log_loss's loss
+        assert reads == ["tolist", "__float__"]
+        reads.clear()
+        for _ in range(4):
+            step(mon)
+        assert reads == []
+        step(mon)  # step 10, read by the plan step 5 taught: one native call, one read
+        assert len(batch_reads) == 1
+        assert reads == ["tolist", "tolist", "__float__"]
         monkeypatch.undo()
-    assert [r.step for r in mon.records] == [0, 5]
+    assert [r.step for r in mon.records] == [0, 5, 10]
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # gc sees deprecated torch objects

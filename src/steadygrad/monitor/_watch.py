@@ -201,6 +201,16 @@ class _Entry:
                 m.ref = None
 
 
+class _WeightPass(NamedTuple):
+    """One native pass over the monitored weights and their copies
+    (:meth:`Monitor._measure_updates`): per slot of ``slots``, its weight then and its row
+    (‖W − W_before‖², ΣW, ΣW²) of ``rows``, read once."""
+
+    slots: tuple[_Slot, ...]
+    weights: tuple[torch.Tensor, ...]
+    rows: list[list[float]]
+
+
 class _State:
     """One recorded step in progress."""
 
@@ -214,10 +224,8 @@ class _State:
         self.callback_queued = False
         self.loss: torch.Tensor | float | None = None
         self.updates = updates
-        # slot → (W, ΣW, ΣW²) from the pass that measured the update (Monitor._measure_updates)
-        self.weight_sums: dict[_Slot, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        # the same pass whole: its (n, 3) rows (‖ΔW‖², ΣW, ΣW²) and the slots in row order
-        self.weight_pass: tuple[torch.Tensor, tuple[_Slot, ...]] | None = None
+        # the pass that measured the update, with ΣW and ΣW² (Monitor._measure_updates)
+        self.weight_pass: _WeightPass | None = None
         # how many notes the monitor had when the step began (a plan is learnt from a step
         # that added none)
         self.notes = 0
@@ -236,7 +244,6 @@ class _State:
         self.last = None
         self.batch = _stats.Batch()
         self.updates = {}
-        self.weight_sums = {}
         self.weight_pass = None
         self.deferred = []
         self.seen = []
@@ -553,9 +560,8 @@ class Monitor:
         self._snapshot_plan: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
         # ‖ΔW‖² of the last update per layer: a device scalar, or a float from the update's sums
         self._pending_updates: dict[_Slot, torch.Tensor | float] = {}
-        # slot → (W, ΣW, ΣW²) measured with the update, for the next record (_measure_updates)
-        self._pending_weight_sums: dict[_Slot, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._pending_pass: tuple[torch.Tensor, tuple[_Slot, ...]] | None = None
+        # the weight pass that measured the update, with ΣW, ΣW², for the next record
+        self._pending_pass: _WeightPass | None = None
         self._unsealed: _Unsealed | None = None
         self._order: list[_Slot] = []
         self._handles: list[Any] = []
@@ -769,7 +775,6 @@ class Monitor:
             self._learning = None
             self._kept_waiting = None
             self._pending_updates = {}
-            self._pending_weight_sums = {}
             self._pending_pass = None
             self._hook_plan = None
             self._model = None
@@ -950,10 +955,11 @@ class Monitor:
                 for (slot, _, _), norm in zip(kept, norms, strict=True):
                     self._pending_updates[slot] = norm
                 return False
-        for k, (slot, weight, _) in enumerate(kept):
-            self._pending_updates[slot] = rows[k, 0]
-            self._pending_weight_sums[slot] = (weight, rows[k, 1], rows[k, 2])
-        self._pending_pass = (rows, tuple(slot for slot, _, _ in kept))
+        values = rows.tolist()  # CPU tensors only: no device to wait for
+        slots = tuple(slot for slot, _, _ in kept)
+        for slot, row in zip(slots, values, strict=True):
+            self._pending_updates[slot] = row[0]
+        self._pending_pass = _WeightPass(slots, tuple(after), values)
         weighted = sum(1 for slot in self._slots.values() if slot.weight() is not None)
         if copy and len(kept) == len(snapshot) == weighted and snapshot is self._snapshot_plan:
             self._snapshot = snapshot  # the copies hold W now: the next update's "before"
@@ -962,12 +968,10 @@ class Monitor:
 
     def _start(self, step: int) -> None:
         self._step = step
-        weight_sums, self._pending_weight_sums = self._pending_weight_sums, {}
         weight_pass, self._pending_pass = self._pending_pass, None
         if step % self.every == 0:
             updates, self._pending_updates = self._pending_updates, {}
             self._state = _State(step, updates)
-            self._state.weight_sums = weight_sums
             self._state.weight_pass = weight_pass
             self._state.notes = len(self._notes)
             self._active = True
@@ -1393,6 +1397,12 @@ class Monitor:
             # ∂L/∂z, W and ∂L/∂W of every layer: their sums and sums of squares
             tensors: list[torch.Tensor] = []
             targets: list[tuple[_Entry, str]] = []
+            weight_pass = state.weight_pass
+            measured = (
+                {}
+                if weight_pass is None
+                else {slot: (weight, row) for slot, weight, row in zip(*weight_pass, strict=True)}
+            )
             for entry in entries:
                 if entry.grad_ref is not None:
                     tensors.append(entry.grad_ref)
@@ -1414,10 +1424,13 @@ class Monitor:
                     )
                     entry.update = self._queue_update(state, entry.slot)
                     continue
-                measured = state.weight_sums.get(entry.slot)
-                if measured is not None and measured[0] is weight:  # ΣW, ΣW²: the update's pass
+                found = measured.get(entry.slot)
+                if found is not None and found[0] is weight:  # ΣW, ΣW²: the update's pass
                     entry.weight = _stats.Moments(
-                        weight.numel(), batch.add(measured[1]), batch.add(measured[2]), weight
+                        weight.numel(),
+                        batch.add(torch.tensor(found[1][1], dtype=torch.float64)),
+                        batch.add(torch.tensor(found[1][2], dtype=torch.float64)),
+                        weight,
                     )
                 else:
                     tensors.append(weight)
@@ -1485,7 +1498,7 @@ class Monitor:
             or native.load() is None
         ):
             return None
-        pass_rows = {slot: k for k, slot in enumerate(weight_pass[1])}
+        pass_rows = {slot: k for k, slot in enumerate(weight_pass.slots)}
         layers: list[_KeptLayer] = []
         keys: list[tuple[str | None, object]] = []
         weights: list[torch.Tensor] = []
@@ -1502,6 +1515,7 @@ class Monitor:
                 or weight is None
                 or weight.grad is None
                 or slot not in pass_rows
+                or weight_pass.weights[pass_rows[slot]] is not weight
                 or entry.weight is None
                 or entry.weight_grad is None
             ):
@@ -1571,7 +1585,7 @@ class Monitor:
             bounds=[*req.bounds, *[0.0] * (2 * count)],
             two_d=tuple(two_d),
             fields=self._layer_fields(plan, weights, apart),
-            pass_slots=weight_pass[1],
+            pass_slots=weight_pass.slots,
             pass_rows=tuple(rows),
         )
 
@@ -1601,7 +1615,7 @@ class Monitor:
             or not state.deferred
             or self._learning is not None
             or weight_pass is None
-            or weight_pass[1] != plan.pass_slots
+            or weight_pass.slots != plan.pass_slots
             or len(entries) != len(plan.slots)
         ):
             return False
@@ -1640,7 +1654,7 @@ class Monitor:
         ).tolist()
         if not values[-1]:
             return False
-        rows = weight_pass[0].tolist()
+        rows = weight_pass.rows
         for row, n in zip(plan.pass_rows, plan.numels, strict=True):
             _, total, squares = rows[row]
             if not _stats.sufficient(total, squares, n):
