@@ -1629,7 +1629,11 @@ class Monitor:
                 entry is None
                 or entry.calls != 1
                 or not entry.resolved
-                or (entry.status, _activation_key(entry.activation)) != key
+                or entry.status != key[0]
+                or (
+                    entry.activation is not item.activation
+                    and _activation_key(entry.activation) != key[1]
+                )
                 or (entry.pre_src is None) != (item.pre is None)
                 or (entry.act_src is None) != (item.act is None)
                 or (entry.grad_ref is None) != (item.grad is None)
