@@ -1048,9 +1048,12 @@ def _train_monitored(
     return mon, losses
 
 
-def _assert_same_records(a: monitor.Monitor, b: monitor.Monitor) -> None:
-    """Same fields, same counts; floats to 1e-5 (statistics taken at the step's end may run in
-    the native kernel, which sums in float64 where torch's reductions sum in float32)."""
+def _assert_same_records(
+    a: monitor.Monitor, b: monitor.Monitor, rel: float = 1e-5, abs_: float = 1e-9
+) -> None:
+    """Same fields, same counts; floats to ``rel`` (by default 1e-5: statistics taken at the
+    step's end may run in the native kernel, which sums in float64 where torch's reductions sum
+    in float32)."""
     assert [r.step for r in a.records] == [r.step for r in b.records]
     for ra, rb in zip(a.records, b.records, strict=True):
         for la, lb in zip(ra.layers, rb.layers, strict=True):
@@ -1059,24 +1062,25 @@ def _assert_same_records(a: monitor.Monitor, b: monitor.Monitor) -> None:
             for key, va in da.items():
                 vb = db[key]
                 if isinstance(va, float) and isinstance(vb, float):
-                    assert va == pytest.approx(vb, rel=1e-5, abs=1e-9), (ra.step, la.name, key)
+                    assert va == pytest.approx(vb, rel=rel, abs=abs_), (ra.step, la.name, key)
                 else:
                     assert va == vb, (ra.step, la.name, key)
+
+
+def _elu_dense_model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        Dense(6, 12, activation="elu"), nn.Linear(12, 12), nn.Tanh(),
+        nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4),
+    )  # fmt: skip
 
 
 def test_deferred_statistics_equal_those_measured_inside_the_forward_pass() -> None:
     """After the first recorded step, forward statistics are queued when the step ends: the
     same tensors, the same reductions, so the records are bitwise those of eager measuring."""
 
-    def model() -> nn.Module:
-        torch.manual_seed(3)
-        return nn.Sequential(
-            Dense(6, 12, activation="elu"), nn.Linear(12, 12), nn.Tanh(),
-            nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4),
-        )  # fmt: skip
-
-    deferred, losses_d = _train_monitored(model(), 9, 2, defer=True)
-    eager, losses_e = _train_monitored(model(), 9, 2, defer=False)
+    deferred, losses_d = _train_monitored(_elu_dense_model(), 9, 2, defer=True)
+    eager, losses_e = _train_monitored(_elu_dense_model(), 9, 2, defer=False)
     assert deferred._defer and not eager._defer  # later steps were deferred in the first run
     assert losses_d == losses_e
     _assert_same_records(deferred, eager)
@@ -1262,25 +1266,9 @@ def _planned_and_general(
 def _assert_equal_records(a: monitor.Monitor, b: monitor.Monitor) -> None:
     """Field for field; floats to 1e-12 (the native kernel's std rounds once where Python's
     formula rounds twice), None, NaN and counts exactly."""
-    assert [r.step for r in a.records] == [r.step for r in b.records]
     assert [repr(r.loss) for r in a.records] == [repr(r.loss) for r in b.records]  # NaN too
     assert a.notes == b.notes
-    for ra, rb in zip(a.records, b.records, strict=True):
-        for la, lb in zip(ra.layers, rb.layers, strict=True):
-            for key, va in la.to_dict().items():
-                vb = lb.to_dict()[key]
-                if isinstance(va, float) and isinstance(vb, float):
-                    assert va == pytest.approx(vb, rel=1e-12, abs=1e-300), (ra.step, la.name, key)
-                else:
-                    assert va == vb, (ra.step, la.name, key)
-
-
-def _elu_dense_model() -> nn.Module:
-    torch.manual_seed(3)
-    return nn.Sequential(
-        Dense(6, 12, activation="elu"), nn.Linear(12, 12), nn.Tanh(),
-        nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4),
-    )  # fmt: skip
+    _assert_same_records(a, b, rel=1e-12, abs_=1e-300)
 
 
 @pytest.mark.skipif(native.load() is None, reason="native kernels not built")

@@ -1665,7 +1665,12 @@ class Monitor:
                 return False
             values += _stats.from_sums(total, squares, n)
         changes = [state.updates.get(slot) for slot in plan.slots]
-        layers = self._kept_layers(plan.fields, values, changes)
+        self._finish_read(state, self._kept_layers(plan.fields, values, changes))
+        return True
+
+    def _finish_read(self, state: _State, layers: list[LayerStats]) -> None:
+        """End a step read in one native call (:meth:`_finalize_planned`,
+        :meth:`_finalize_kept`): its record, with the loss if it is known."""
         state.finalized = True
         if self._state is state:
             self._deactivate()
@@ -1676,7 +1681,6 @@ class Monitor:
             layers,
             {},
         )
-        return True
 
     @staticmethod
     def _queue_update(state: _State, slot: _Slot) -> int | None:
@@ -2029,15 +2033,8 @@ class Monitor:
             return False
         updates = state.updates
         changes = [updates.get(item.slot) for item in plan.layers]
-        layers = self._kept_layers(self._layer_fields(plan, weights), values, changes)
-        state.finalized = True
-        self._deactivate()
-        loss = state.loss
-        self._emit(
-            state,
-            float(loss.detach().float()) if isinstance(loss, torch.Tensor) else loss,
-            layers,
-            {},
+        self._finish_read(
+            state, self._kept_layers(self._layer_fields(plan, weights), values, changes)
         )
         return True
 
