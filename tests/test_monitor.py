@@ -1217,13 +1217,14 @@ def test_layer_stats_is_the_constructor_without_its_cost() -> None:
 
 class Switching(nn.Module):
     """Linear → ReLU → Linear → (sigmoid, then tanh from the ``switch_at``-th forward on) →
-    Linear, a NaN in the input on the ``nan_at``-th forward: steps that differ from the plan."""
+    Linear, a NaN in the input on the ``nan_at``-th forward, the sigmoid's output a
+    non-contiguous view from the ``view_at``-th: steps that differ from the plan."""
 
-    def __init__(self, switch_at: int = 10**9, nan_at: int = 10**9) -> None:
+    def __init__(self, switch_at: int = 10**9, nan_at: int = 10**9, view_at: int = 10**9) -> None:
         super().__init__()
         self.fc1, self.fc2, self.fc3 = nn.Linear(6, 16), nn.Linear(16, 12), nn.Linear(12, 4)
         self.act = nn.ReLU()
-        self.switch_at, self.nan_at = switch_at, nan_at
+        self.switch_at, self.nan_at, self.view_at = switch_at, nan_at, view_at
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1231,8 +1232,11 @@ class Switching(nn.Module):
             x = x.clone()
             x[0, 0] = math.nan
         squash = torch.tanh if self.calls >= self.switch_at else torch.sigmoid
+        h = squash(self.fc2(self.act(self.fc1(x))))
+        if self.calls >= self.view_at:
+            h = torch.cat([h, h], dim=1)[:, :12]  # the same values, every other row skipped
         self.calls += 1
-        return self.fc3(squash(self.fc2(self.act(self.fc1(x)))))
+        return self.fc3(h)
 
 
 def _planned_and_general(
@@ -1297,8 +1301,9 @@ def test_planned_reads_equal_the_general_reads(
 @pytest.mark.skipif(native.load() is None, reason="native kernels not built")
 def test_steps_that_differ_from_the_plan_are_read_the_general_way() -> None:
     """A NaN on the last step (its counts need the precise pass), a different activation (the
-    plan is learnt again from that step) and a CNN (its dead channels are not (batch, units)):
-    the plan declines those steps, and every record equals the general path's."""
+    plan is learnt again from that step), a signal the kernel cannot read (a non-contiguous
+    view) and a CNN (its dead channels are not (batch, units)): the plan declines those steps,
+    and every record equals the general path's."""
     planned, general, read = _planned_and_general(lambda: Switching(nan_at=8), 9, 1)
     _assert_equal_records(planned, general)
     assert planned.records[8].layer("fc1").nan > 0
@@ -1309,6 +1314,10 @@ def test_steps_that_differ_from_the_plan_are_read_the_general_way() -> None:
     assert planned.records[4].layer("fc2").activation == "sigmoid"
     assert planned.records[5].layer("fc2").activation == "tanh"
     assert read == [2, 3, 4, 6, 7, 8]
+
+    planned, general, read = _planned_and_general(lambda: Switching(view_at=5), 9, 1)
+    _assert_equal_records(planned, general)
+    assert read == [2, 3, 4]  # the kernel reads contiguous tensors only
 
     torch.manual_seed(0)
     model, (x, y) = MODELS["small CNN"]()

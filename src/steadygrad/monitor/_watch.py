@@ -383,7 +383,6 @@ class _HookPlan:
     ``plan``'s indices: 3j, 3j + 1, 3j + 2 for layer j's pre-activation, activation and ∂L/∂z
     (by depth); ``keys``: each layer's (status, activation) as :func:`_activation_key` gives it;
     ``kinds``/``bounds``: ``plan.requests``' and then one moments request per weight gradient;
-    ``two_d``: the indices whose tensor must be (batch, units) (their dead units are counted);
     ``pass_slots``/``pass_rows``: the weight pass's slots (:meth:`Monitor._measure_updates`)
     and each layer's row in it."""
 
@@ -394,7 +393,6 @@ class _HookPlan:
     numels: tuple[int, ...]
     kinds: list[int]
     bounds: list[float]
-    two_d: tuple[int, ...]
     fields: tuple[_LayerFields, ...]
     pass_slots: tuple[_Slot, ...]
     pass_rows: tuple[int, ...]
@@ -1504,7 +1502,6 @@ class Monitor:
         weights: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
         rows: list[int] = []
-        two_d: list[int] = []
         for j, entry in enumerate(sorted(entries, key=lambda e: e.slot.depth or 0)):
             slot = entry.slot
             weight = slot.weight()
@@ -1544,10 +1541,10 @@ class Monitor:
                 lo, hi = _saturation_region(entry.activation)
                 region = None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
                 dead_below = entry.activation.dead_below
-                if dead_below is not None:
-                    if entry.dead is None or pre.ndim != 2 or slot.unit_dim not in (-1, 1):
-                        return None
-                    two_d.append(3 * j)
+                if dead_below is not None and (
+                    entry.dead is None or pre.ndim != 2 or slot.unit_dim not in (-1, 1)
+                ):
+                    return None  # the kernel counts the units of (batch, units) tensors
             layers.append(
                 _KeptLayer(
                     slot=slot,
@@ -1583,7 +1580,6 @@ class Monitor:
             numels=tuple(w.numel() for w in weights),
             kinds=[*req.kinds, *[_stats.KIND_MOMENTS] * count],
             bounds=[*req.bounds, *[0.0] * (2 * count)],
-            two_d=tuple(two_d),
             fields=self._layer_fields(plan, weights, apart),
             pass_slots=weight_pass.slots,
             pass_rows=tuple(rows),
@@ -1645,17 +1641,13 @@ class Monitor:
             if slot.weight() is not weight or weight.numel() != n or weight.grad is None:
                 return False
             grads.append(weight.grad)
-        req = plan.plan.requests
-        inputs = [tensors[i] for i in req.indices]
-        if not all(t is not None and _stats.native_reads(t) for t in inputs) or not all(
-            _stats.native_reads(g) for g in grads
-        ):
-            return False
-        if any(t.ndim != 2 for t in (tensors[i] for i in plan.two_d) if t is not None):
-            return False
-        values: list[float] = kernels.record_stats(
-            [*inputs, *grads], plan.kinds, plan.bounds, _NO_SUMS, [], [], _stats.CANCELLATION
-        ).tolist()
+        inputs = [tensors[i] for i in plan.plan.requests.indices]
+        try:  # the kernel checks each tensor (contiguous float32 on the CPU, 2-d for dead units)
+            values: list[float] = kernels.record_stats(
+                [*inputs, *grads], plan.kinds, plan.bounds, _NO_SUMS, [], [], _stats.CANCELLATION
+            ).tolist()
+        except (RuntimeError, TypeError):
+            return False  # a tensor it cannot read: the general way reads any tensor
         if not values[-1]:
             return False
         rows = weight_pass.rows
