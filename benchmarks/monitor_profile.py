@@ -9,9 +9,11 @@ order, ``N`` steps each, CPU time of this process (``time.process_time``: other 
 shared machine do not count):
 
 - **off**: no monitor;
-- **hooks only**: ``watch(every=1)`` with every statistic replaced by a constant, the weight
-  snapshot skipped: what the hooks, the module-call path they force, the bookkeeping and the
-  record (JSON line included) cost;
+- **hooks only**: ``watch(every=1)`` with every statistic replaced by a constant: the queued
+  reductions, the weight pass (``distances_and_moments``: constant rows, no pass over the
+  weights) and the planned read's native call (``record_stats``: constant numbers) — what the
+  hooks, the module-call path they force, the bookkeeping and the record (JSON line included)
+  cost, on the same path as **full** (steps read by the plan);
 - **full**: ``watch(every=1)``;
 - **reductions alone**: no monitor; after each backward pass, the reductions one record needs
   (Σx and Σx² of the 9 forward and backward signals and of W and ∂L/∂W of the 3 layers, the
@@ -38,8 +40,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import command_line
 from benchmarks.monitor_overhead import append_results
-from steadygrad import models, monitor
-from steadygrad.monitor import _stats, _watch
+from steadygrad import models, monitor, native
+from steadygrad.monitor import _stats
 
 HEADING = "## Monitor profile"
 BATCH = 50
@@ -48,8 +50,27 @@ CONFIGS = ("off", "hooks only", "full", "reductions alone")
 
 @contextmanager
 def _statistics_stubbed() -> Iterator[None]:
-    """Every queued statistic is a constant 0-d tensor; no weight snapshot."""
+    """Every queued statistic is a constant 0-d tensor; the weight pass and the planned read's
+    native call give constants without reading a tensor (the first weight copy is taken)."""
     zero = torch.zeros(())
+    kernels = native.load()
+
+    class Constant:
+        """``native.load()``'s module, but ``record_stats`` answers ones (sums that suffice)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(kernels, name)
+
+        @staticmethod
+        def record_stats(tensors: Any, kinds: list[int], *rest: Any) -> torch.Tensor:
+            rows = rest[2]
+            size = sum(3 if k == _stats.KIND_MOMENTS else 1 for k in kinds) + 6 * len(rows) + 1
+            return torch.ones(size, dtype=torch.float64)
+
+    def distances(
+        after: list[torch.Tensor], before: list[torch.Tensor], *, copy: bool
+    ) -> torch.Tensor:
+        return torch.zeros(len(after), 3, dtype=torch.float64)
 
     def moments(t: torch.Tensor, batch: _stats.Batch, *, keep: bool = True) -> _stats.Moments:
         return _stats.Moments(1, batch.add(zero), batch.add(zero), t)
@@ -61,21 +82,26 @@ def _statistics_stubbed() -> Iterator[None]:
 
     saved = {
         name: getattr(_stats, name)
-        for name in ("moments", "moments_many", "count_saturated", "count_dead", "sum_of_squares")
-    }
-    snapshot = _watch.Monitor._take_snapshot
+        for name in (
+            "moments", "moments_many", "count_saturated", "count_dead", "sum_of_squares",
+            "distances_and_moments",
+        )
+    }  # fmt: skip
+    load = native.load
     _stats.moments = moments  # type: ignore[assignment]
     _stats.moments_many = moments_many  # type: ignore[assignment]
     _stats.count_saturated = lambda x, lo, hi, batch: batch.add(zero)  # type: ignore[assignment]
     _stats.count_dead = lambda x, dim, below, batch: (batch.add(zero), 1)  # type: ignore[assignment]
     _stats.sum_of_squares = lambda x: zero  # type: ignore[assignment]
-    _watch.Monitor._take_snapshot = lambda self: None  # type: ignore[method-assign]
+    _stats.distances_and_moments = distances  # type: ignore[assignment]
+    constant = Constant()
+    native.load = lambda: constant  # type: ignore[assignment,return-value]
     try:
         yield
     finally:
         for name, value in saved.items():
             setattr(_stats, name, value)
-        _watch.Monitor._take_snapshot = snapshot  # type: ignore[method-assign]
+        native.load = load  # type: ignore[method-assign]
 
 
 def _reductions(
