@@ -380,11 +380,13 @@ def test_monitor_overhead_measures_both_loops_and_pairs_ratios_within_repeats() 
 def test_monitor_profile_runs_each_configuration_and_restores_the_statistics() -> None:
     from benchmarks import monitor_profile
 
+    from steadygrad import native
     from steadygrad.monitor import _stats
 
-    before = _stats.moments
+    before = (_stats.moments, _stats.distances_and_moments, native.load)
     times = monitor_profile.measure(steps=2, repeats=1)
-    assert _stats.moments is before  # the stubs are gone
+    # the stubs are gone
+    assert (_stats.moments, _stats.distances_and_moments, native.load) == before
     assert set(times) == set(monitor_profile.CONFIGS)
     assert all(len(v) == 1 and v[0] > 0 for v in times.values())
     text = monitor_profile.table(
