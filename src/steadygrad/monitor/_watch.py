@@ -39,8 +39,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steadygrad import activations, init, native
+from steadygrad import activations, native
 from steadygrad.monitor import _output, _stats, _trace
+from steadygrad.monitor._plans import (
+    NO_SUMS,
+    HookPlan,
+    KeptLayer,
+    KeptPlan,
+    RunPlan,
+    activation_key,
+    kept_layers,
+    layer_fields,
+    recommended_std,
+    update_ratio,
+)
 from steadygrad.monitor._records import (
     Histograms,
     LayerInfo,
@@ -258,155 +270,6 @@ class _Unsealed:
     histograms: dict[str, dict[str, dict[str, Any]]]
 
 
-@dataclass(frozen=True)
-class _KeptLayer:
-    """Where one layer's statistics come from in a native step's kept tensors (indices)."""
-
-    slot: _Slot
-    status: str | None
-    activation: activations.Activation | None
-    pre: int | None
-    act: int | None
-    grad: int | None
-    counts: bool  # saturated and dead counts of the pre-activation
-    region: tuple[float, float] | None  # the saturating region, None when it is empty
-    dead_below: float | None  # None: f' is never 0, no unit can be dead
-
-
-@dataclass(frozen=True)
-class _KeptPlan:
-    """How to make a record from a native step's kept tensors without replaying the step,
-    learned from a replayed step (:meth:`Monitor._learn`); valid for one layout ``key``."""
-
-    key: weakref.ref[object]
-    size: int
-    layers: tuple[_KeptLayer, ...]
-
-    @functools.cached_property
-    def requests(self) -> _KeptRequests:
-        """The native reduction's requests and where each layer's numbers land in the result
-        of ``record_stats`` (csrc/stats.cpp): the same on every step of the layout."""
-        indices: list[int] = []
-        kinds: list[int] = []
-        bounds: list[float] = []
-        places: list[tuple[int, int, int, int, int]] = []
-        at = 0
-
-        def request(index: int, kind: int, two: list[float]) -> int:
-            nonlocal at
-            indices.append(index)
-            kinds.append(kind)
-            bounds.extend(two)
-            start, at = at, at + (3 if kind == _stats.KIND_MOMENTS else 1)
-            return start
-
-        for item in self.layers:
-            pre, act, grad = (
-                -1 if index is None else request(index, _stats.KIND_MOMENTS, [0.0, 0.0])
-                for index in (item.pre, item.act, item.grad)
-            )
-            saturated = dead = -1
-            if item.counts and item.pre is not None:
-                if item.region is not None:
-                    saturated = request(item.pre, _stats.KIND_SATURATED, list(item.region))
-                if item.dead_below is not None:
-                    dead = request(item.pre, _stats.KIND_DEAD, [item.dead_below, 0.0])
-            places.append((pre, act, grad, saturated, dead))
-        return _KeptRequests(tuple(indices), kinds, bounds, tuple(places), at)
-
-
-@dataclass(frozen=True)
-class _KeptRequests:
-    """:attr:`_KeptPlan.requests`: per request its kept tensor's index, kind and two bounds;
-    per layer the offsets of its pre, act and grad (mean, std, norm) and of its saturated and
-    dead fractions in ``record_stats``'s result (−1: none); ``weights``: where the weights'
-    numbers start (6 per layer, in the plan's order)."""
-
-    indices: tuple[int, ...]
-    kinds: list[int]
-    bounds: list[float]
-    places: tuple[tuple[int, int, int, int, int], ...]
-    weights: int
-
-
-class _LayerFields(NamedTuple):
-    """One layer's part of a record made from ``record_stats``'s values (``_layer_fields``)."""
-
-    name: str
-    kind: str
-    depth: int
-    activation: str | None
-    pre: int
-    act: int
-    grad: int
-    saturated: int
-    dead: int
-    weight: int  # W's mean, std, norm
-    weight_grad: int  # ∂L/∂W's mean, std, norm
-    counts: bool
-    recommended: float | None
-
-
-@dataclass(frozen=True)
-class _RunPlan:
-    """A :class:`_KeptPlan` bound to one trainer's parameters (``params``), to record the steps
-    of a native run where they run (``steadygrad.fast.RunRecords``): the trainer's ``native``
-    plan, per layer its weight (with its entry count, checked before each run) and what its
-    record is made of (``fields``), and where a row of the run's records holds the flag "the
-    numbers suffice", the loss and the first layer's Σ(Δθ)²."""
-
-    plan: _KeptPlan
-    params: list[torch.Tensor]
-    native: object
-    slots: tuple[_Slot, ...]
-    weights: tuple[torch.Tensor, ...]
-    numels: tuple[int, ...]
-    fields: tuple[_LayerFields, ...]
-    ok: int
-    loss: int
-    changes: int
-
-    def holds(self) -> bool:
-        """Whether every layer's weight is still the one planned, with as many entries."""
-        return all(
-            slot.weight() is weight and weight.numel() == n
-            for slot, weight, n in zip(self.slots, self.weights, self.numels, strict=True)
-        )
-
-
-@dataclass(frozen=True)
-class _HookPlan:
-    """How a recorded step seen through the hooks is read in one native call, learnt from a
-    step read the general way (:meth:`Monitor._learn_hooks`); used while the next steps show
-    the same layers, the same activations and the same weights (:meth:`Monitor._finalize_planned`).
-
-    ``plan``'s indices: 3j, 3j + 1, 3j + 2 for layer j's pre-activation, activation and ∂L/∂z
-    (by depth); ``keys``: each layer's (status, activation) as :func:`_activation_key` gives it;
-    ``kinds``/``bounds``: ``plan.requests``' and then one moments request per weight gradient;
-    ``pass_slots``/``pass_rows``: the weight pass's slots (:meth:`Monitor._measure_updates`)
-    and each layer's row in it."""
-
-    plan: _KeptPlan
-    keys: tuple[tuple[str | None, object], ...]
-    slots: tuple[_Slot, ...]
-    weights: tuple[torch.Tensor, ...]
-    numels: tuple[int, ...]
-    kinds: list[int]
-    bounds: list[float]
-    fields: tuple[_LayerFields, ...]
-    pass_slots: tuple[_Slot, ...]
-    pass_rows: tuple[int, ...]
-
-
-_NO_SUMS: Final = torch.empty(0, 5, dtype=torch.float64)  # record_stats without update sums
-
-
-def _activation_key(activation: activations.Activation | None) -> object:
-    """What a record takes from an activation: its class and parameters (functional activations
-    are new objects on every step)."""
-    return None if activation is None else (type(activation), activation.extra_repr())
-
-
 class _FastObserver:
     """Replays a fast step's module calls and gradients through a :class:`Monitor`'s hooks."""
 
@@ -573,18 +436,18 @@ class Monitor:
         self._emulating = False
         # Native fast steps are recorded from their kept tensors, without a replay, once one
         # replayed step showed where each statistic comes from (see _record_kept).
-        self._kept_plan: _KeptPlan | None = None
+        self._kept_plan: KeptPlan | None = None
         # while such a step is replayed: (layout key, tensor id → index, step, notes before)
         self._learning: tuple[object, dict[int, int], int, int] | None = None
         # a step recorded from kept tensors, waiting for the update's sums (see _updated)
-        self._kept_waiting: tuple[_State, _KeptPlan, list[torch.Tensor]] | None = None
+        self._kept_waiting: tuple[_State, KeptPlan, list[torch.Tensor]] | None = None
         # the step about to begin gives its update's norms itself (no weight snapshot)
         self._norms_given = False
         # the learnt plan bound to the trainer's parameters, for its native runs (_run_plan)
-        self._run: _RunPlan | None = None
+        self._run: RunPlan | None = None
         # how a recorded step of the hooks is read in one native call, learnt from one read the
         # general way (see _finalize_planned)
-        self._hook_plan: _HookPlan | None = None
+        self._hook_plan: HookPlan | None = None
 
         self._tensorboard: Any = None
         self._writer: _output.LogWriter | None = None
@@ -1478,7 +1341,7 @@ class Monitor:
             self._hook_plan = self._learn_hooks(state, entries)
         self._emit(state, loss, layers, histograms)
 
-    def _learn_hooks(self, state: _State, entries: list[_Entry]) -> _HookPlan | None:
+    def _learn_hooks(self, state: _State, entries: list[_Entry]) -> HookPlan | None:
         """The plan a step read by :meth:`_finalize` shows (see :meth:`_finalize_planned`), or
         None where it was not plain: a note added (a skipped module, an unknown activation, a
         layer called twice, a signal overwritten in place), a statistic from elsewhere than the
@@ -1497,7 +1360,7 @@ class Monitor:
         ):
             return None
         pass_rows = {slot: k for k, slot in enumerate(weight_pass.slots)}
-        layers: list[_KeptLayer] = []
+        layers: list[KeptLayer] = []
         keys: list[tuple[str | None, object]] = []
         weights: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
@@ -1546,7 +1409,7 @@ class Monitor:
                 ):
                     return None  # the kernel counts the units of (batch, units) tensors
             layers.append(
-                _KeptLayer(
+                KeptLayer(
                     slot=slot,
                     status=entry.status,
                     activation=entry.activation,
@@ -1558,7 +1421,7 @@ class Monitor:
                     dead_below=dead_below,
                 )
             )
-            keys.append((entry.status, _activation_key(entry.activation)))
+            keys.append((entry.status, activation_key(entry.activation)))
             weights.append(weight)
             grads.append(weight.grad)
             rows.append(pass_rows[slot])
@@ -1566,13 +1429,13 @@ class Monitor:
             return None
         model = self._model
         assert model is not None
-        plan = _KeptPlan(key=weakref.ref(model), size=3 * len(layers), layers=tuple(layers))
+        plan = KeptPlan(key=weakref.ref(model), size=3 * len(layers), layers=tuple(layers))
         req = plan.requests
         count = len(layers)
         # record_stats's numbers: the requests', then 3 per weight gradient, then its flag; W's
         # three per layer are appended after it (_finalize_planned)
         apart = (req.weights + 3 * count + 1, req.weights)
-        return _HookPlan(
+        return HookPlan(
             plan=plan,
             keys=tuple(keys),
             slots=tuple(item.slot for item in layers),
@@ -1580,7 +1443,7 @@ class Monitor:
             numels=tuple(w.numel() for w in weights),
             kinds=[*req.kinds, *[_stats.KIND_MOMENTS] * count],
             bounds=[*req.bounds, *[0.0] * (2 * count)],
-            fields=self._layer_fields(plan, weights, apart),
+            fields=layer_fields(plan, weights, apart),
             pass_slots=weight_pass.slots,
             pass_rows=tuple(rows),
         )
@@ -1628,7 +1491,7 @@ class Monitor:
                 or entry.status != key[0]
                 or (
                     entry.activation is not item.activation
-                    and _activation_key(entry.activation) != key[1]
+                    and activation_key(entry.activation) != key[1]
                 )
                 or (entry.pre_src is None) != (item.pre is None)
                 or (entry.act_src is None) != (item.act is None)
@@ -1644,7 +1507,7 @@ class Monitor:
         inputs = [tensors[i] for i in plan.plan.requests.indices]
         try:  # the kernel checks each tensor (contiguous float32 on the CPU, 2-d for dead units)
             values: list[float] = kernels.record_stats(
-                [*inputs, *grads], plan.kinds, plan.bounds, _NO_SUMS, [], [], _stats.CANCELLATION
+                [*inputs, *grads], plan.kinds, plan.bounds, NO_SUMS, [], [], _stats.CANCELLATION
             ).tolist()
         except (RuntimeError, TypeError):
             return False  # a tensor it cannot read: the general way reads any tensor
@@ -1657,7 +1520,7 @@ class Monitor:
                 return False
             values += _stats.from_sums(total, squares, n)
         changes = [state.updates.get(slot) for slot in plan.slots]
-        self._finish_read(state, self._kept_layers(plan.fields, values, changes))
+        self._finish_read(state, kept_layers(plan.fields, values, changes))
         return True
 
     def _finish_read(self, state: _State, layers: list[LayerStats]) -> None:
@@ -1764,7 +1627,7 @@ class Monitor:
         count: int,
         params: list[torch.Tensor],
         make: Callable[..., object | None],
-    ) -> _RunPlan | None:
+    ) -> RunPlan | None:
         """:meth:`_FastObserver.run_plan`: the learnt plan bound to ``params``, kept for the
         following :meth:`_ran` (and bound again only where the plan, the parameter list or a
         weight changed)."""
@@ -1788,8 +1651,8 @@ class Monitor:
 
     @staticmethod
     def _bind_run(
-        plan: _KeptPlan, params: list[torch.Tensor], make: Callable[..., object | None]
-    ) -> _RunPlan | None:
+        plan: KeptPlan, params: list[torch.Tensor], make: Callable[..., object | None]
+    ) -> RunPlan | None:
         """``plan`` for the update sums of ``params`` (:meth:`_run_plan`); None where a layer's
         weight is not among them or the trainer has no native plan."""
         rows = {id(p): k for k, p in enumerate(params)}
@@ -1808,14 +1671,14 @@ class Monitor:
         if native_plan is None:
             return None
         size = req.weights + 6 * len(plan.layers) + 1  # record_stats's numbers, the flag last
-        return _RunPlan(
+        return RunPlan(
             plan=plan,
             params=params,
             native=native_plan,
             slots=tuple(item.slot for item in plan.layers),
             weights=tuple(weights),
             numels=numels,
-            fields=Monitor._layer_fields(plan, weights),
+            fields=layer_fields(plan, weights),
             ok=size - 1,
             loss=size,
             changes=size + 1,
@@ -1860,7 +1723,7 @@ class Monitor:
             self._next_step += steps - 1
             self._start(self._next_step - 1)
 
-    def _record_row(self, run: _RunPlan, row: list[float], changes: list[Any]) -> None:
+    def _record_row(self, run: RunPlan, row: list[float], changes: list[Any]) -> None:
         """Record the next step from its row of a native run's records (see :meth:`_ran`):
         the record :meth:`_finalize_kept` makes of the same numbers."""
         if self._unsealed is not None:
@@ -1870,76 +1733,13 @@ class Monitor:
         self._step = step
         self._pending_updates = {}
         self._state = None
-        layers = self._kept_layers(run.fields, row, changes)
+        layers = kept_layers(run.fields, row, changes)
         record = StepRecord(step=step, loss=row[run.loss], layers=layers, histograms={})
         self.records.append(record)
         self._write(record, {})
 
-    @staticmethod
-    def _layer_fields(
-        plan: _KeptPlan,
-        weights: list[torch.Tensor] | tuple[torch.Tensor, ...],
-        apart: tuple[int, int] | None = None,
-    ) -> tuple[_LayerFields, ...]:
-        """What :meth:`_kept_layers` needs of each layer of ``plan`` (whose weights are
-        ``weights``), decided once: its names, depth, the offsets of its numbers in
-        ``record_stats``'s values (see :attr:`_KeptPlan.requests`; −1: none), whether it counts
-        saturated and dead units, and the std ``init.recommended`` gives its weight (as
-        :meth:`_layer_stats` does). The slots learn their activation's name here.
-
-        W's and ∂L/∂W's numbers follow the requests' as record_stats gives them from an
-        update's sums (6 per layer), or, with ``apart`` = (w, g), W's 3 per layer start at w and
-        ∂L/∂W's at g (see :meth:`_finalize_planned`)."""
-        req = plan.requests
-        fields = []
-        for j, item in enumerate(plan.layers):
-            slot = item.slot
-            assert slot.depth is not None
-            name = item.activation.name if item.activation is not None else None
-            slot.activation = name
-            pre, act, grad, saturated, dead = req.places[j]
-            counts = item.counts and item.pre is not None
-            recommended = None
-            if item.status in ("module", "activation", "none"):
-                recommended = _recommended_std(item.activation, tuple(weights[j].shape))
-            if apart is None:
-                weight, weight_grad = req.weights + 6 * j, req.weights + 6 * j + 3
-            else:
-                weight, weight_grad = apart[0] + 3 * j, apart[1] + 3 * j
-            layer = _LayerFields(
-                slot.name, slot.kind, slot.depth, name, pre, act, grad, saturated, dead,
-                weight, weight_grad, counts, recommended,
-            )  # fmt: skip
-            fields.append(layer)
-        return tuple(fields)
-
-    @staticmethod
-    def _kept_layers(
-        fields: tuple[_LayerFields, ...], values: list[float], changes: list[Any]
-    ) -> list[LayerStats]:
-        """The layers' records from ``record_stats``'s ``values`` (csrc/stats.cpp) at the offsets
-        :meth:`_layer_fields` gives, and each layer's Σ(Δθ)² of the update before the step
-        (``changes``: a float, a 0-d tensor or None). On every recorded step: positional
-        arguments, no keyword call (~10 µs a record less than :func:`_layer_record`)."""
-        layers: list[LayerStats] = []
-        for f, change in zip(fields, changes, strict=True):
-            pre, act, grad, w, wg = f.pre, f.act, f.grad, f.weight, f.weight_grad
-            stats = layer_stats(  # LayerStats's fields, in order
-                f.name, f.kind, f.depth, f.activation,
-                None if pre < 0 else values[pre], None if pre < 0 else values[pre + 1],
-                None if act < 0 else values[act], None if act < 0 else values[act + 1],
-                ((values[f.saturated] if f.saturated >= 0 else 0.0) if f.counts else None),
-                ((values[f.dead] if f.dead >= 0 else 0.0) if f.counts else None),
-                None if grad < 0 else values[grad + 1], None if grad < 0 else values[grad + 2],
-                values[w + 1], values[wg + 1], values[wg + 2],
-                None if change is None else _update_ratio(float(change), values[w + 2]),
-                f.recommended, 0, 0,
-            )  # fmt: skip
-            layers.append(stats)
-        return layers
-
     @_guarded
-    def _queue_kept(self, state: _State, plan: _KeptPlan, tensors: list[torch.Tensor]) -> None:
+    def _queue_kept(self, state: _State, plan: KeptPlan, tensors: list[torch.Tensor]) -> None:
         """Wait for the update's sums (:meth:`_updated`), which finish the step."""
         state.expects_backward = True
         self._kept_waiting = (state, plan, tensors)
@@ -1972,7 +1772,7 @@ class Monitor:
     def _finalize_kept(
         self,
         state: _State,
-        plan: _KeptPlan,
+        plan: KeptPlan,
         tensors: list[torch.Tensor],
         given: dict[int, tuple[torch.Tensor, int]],
         rows: list[list[float]],
@@ -2026,14 +1826,14 @@ class Monitor:
         updates = state.updates
         changes = [updates.get(item.slot) for item in plan.layers]
         self._finish_read(
-            state, self._kept_layers(self._layer_fields(plan, weights), values, changes)
+            state, kept_layers(layer_fields(plan, weights), values, changes)
         )
         return True
 
     def _finalize_kept_slowly(
         self,
         state: _State,
-        plan: _KeptPlan,
+        plan: KeptPlan,
         tensors: list[torch.Tensor],
         given: dict[int, tuple[torch.Tensor, int]] | None,
     ) -> None:
@@ -2053,7 +1853,7 @@ class Monitor:
         self._finalize(state, given)
 
     def _fill_kept(
-        self, state: _State, entry: _Entry, item: _KeptLayer, tensors: list[torch.Tensor]
+        self, state: _State, entry: _Entry, item: KeptLayer, tensors: list[torch.Tensor]
     ) -> None:
         batch = state.batch
         if item.pre is not None:
@@ -2063,7 +1863,7 @@ class Monitor:
         if item.counts and item.pre is not None and item.activation is not None:
             self._measure_pre(state, entry, tensors[item.pre], item.activation)
 
-    def _learn(self, state: _State, entries: list[_Entry]) -> _KeptPlan | None:
+    def _learn(self, state: _State, entries: list[_Entry]) -> KeptPlan | None:
         """The plan a replayed native step shows (see :meth:`_record_kept`), or None if the
         step was not plain enough to be recorded from its kept tensors alone."""
         learning, self._learning = self._learning, None
@@ -2105,7 +1905,7 @@ class Monitor:
                 region = None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
                 dead_below = entry.activation.dead_below
             layers.append(
-                _KeptLayer(
+                KeptLayer(
                     slot=entry.slot,
                     status=entry.status,
                     activation=entry.activation,
@@ -2117,7 +1917,7 @@ class Monitor:
                     dead_below=dead_below,
                 )
             )
-        return _KeptPlan(key=weakref.ref(key), size=len(ids), layers=tuple(layers))
+        return KeptPlan(key=weakref.ref(key), size=len(ids), layers=tuple(layers))
 
     def _layer_stats(
         self,
@@ -2153,14 +1953,14 @@ class Monitor:
         dead = entry.dead_fixed
         if entry.dead is not None and entry.dead_units:
             dead = values[entry.dead] / entry.dead_units
-        update_ratio = None
+        ratio = None
         if entry.update is not None and weight_norm is not None:
-            update_ratio = _update_ratio(values[entry.update], weight_norm)
+            ratio = update_ratio(values[entry.update], weight_norm)
         slot = entry.slot
         weight = slot.weight()
         recommended = None
         if weight is not None and entry.status in ("module", "activation", "none"):
-            recommended = _recommended_std(entry.activation, tuple(weight.shape))
+            recommended = recommended_std(entry.activation, tuple(weight.shape))
         stats = _layer_record(
             slot,
             entry.activation,
@@ -2171,7 +1971,7 @@ class Monitor:
             weight_grad=(wgrad_std, wgrad_norm),
             saturated=saturated,
             dead=dead,
-            update_ratio=update_ratio,
+            update_ratio=ratio,
             recommended=recommended,
             nan=nan,
             inf=inf,
@@ -2238,14 +2038,6 @@ def _layer_record(
     )  # fmt: skip
 
 
-def _update_ratio(squared_change: float, weight_norm: float) -> float | None:
-    """‖W − W_before‖₂ / ‖W‖₂ from ‖W − W_before‖₂² (None where it is not a finite number)."""
-    change = math.sqrt(max(squared_change, 0.0))
-    if weight_norm > 0 and math.isfinite(weight_norm) and math.isfinite(change):
-        return change / weight_norm
-    return None
-
-
 _REGIONS: dict[tuple[type, str], tuple[float, float]] = {}
 
 
@@ -2256,26 +2048,6 @@ def _saturation_region(activation: activations.Activation) -> tuple[float, float
     if region is None:
         region = _REGIONS[key] = activation.saturation_region(SATURATION_FRACTION)
     return region
-
-
-_RECOMMENDED: dict[tuple[str, str, tuple[int, ...]], float | None] = {}
-
-
-def _recommended_std(
-    activation: activations.Activation | None, shape: tuple[int, ...]
-) -> float | None:
-    """``init.recommended(activation).std(shape)`` (None when it does not apply to the shape)."""
-    key = (
-        "" if activation is None else activation.name,
-        "" if activation is None else activation.extra_repr(),
-        shape,
-    )
-    if key not in _RECOMMENDED:
-        try:
-            _RECOMMENDED[key] = init.recommended(activation).std(shape)
-        except (TypeError, ValueError):
-            _RECOMMENDED[key] = None
-    return _RECOMMENDED[key]
 
 
 def watch(
