@@ -392,7 +392,21 @@ def test_update_ratio_against_weights_before_and_after_each_step(every: int) -> 
         assert len(copies) == (8 if every == 1 else len(mon.records) - 1)
 
 
-def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read() -> None:
+def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Also the direct check of a step read by the plan (step 4: step 0 is measured at once,
+    step 2 teaches the plan)."""
+    planned: list[int] = []
+    original = _watch.Monitor._finalize_planned
+
+    def counting(self: _watch.Monitor, state: Any) -> bool:
+        read = original(self, state)
+        if read:
+            planned.append(state.step)
+        return read
+
+    monkeypatch.setattr(_watch.Monitor, "_finalize_planned", counting)
     torch.manual_seed(0)
     model, (x, y) = ModuleMLP(), batch((32, 6), 4)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -408,6 +422,7 @@ def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read() -> N
             before_after.append((before, model.fc1.weight.detach().clone()))
     assert [r.step for r in mon.records] == [0, 2, 4]
     assert mon._header()["step_unit"] == "optimizer_step"
+    assert planned == [4] or native.load() is None
     for record in mon.records:
         fc1 = record.layer("fc1")
         assert_close(fc1.weight_grad_norm, grads[record.step].double().norm().item())
