@@ -392,12 +392,9 @@ def test_update_ratio_against_weights_before_and_after_each_step(every: int) -> 
         assert len(copies) == (8 if every == 1 else len(mon.records) - 1)
 
 
-def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Also the direct check of a step read by the plan (step 4: step 0 is measured at once,
-    step 2 teaches the plan)."""
-    planned: list[int] = []
+def _count_planned(mp: pytest.MonkeyPatch, planned: list[int]) -> None:
+    """Append to ``planned`` the step of each recorded step the plan reads
+    (``Monitor._finalize_planned`` returning True)."""
     original = _watch.Monitor._finalize_planned
 
     def counting(self: _watch.Monitor, state: Any) -> bool:
@@ -406,7 +403,16 @@ def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read(
             planned.append(state.step)
         return read
 
-    monkeypatch.setattr(_watch.Monitor, "_finalize_planned", counting)
+    mp.setattr(_watch.Monitor, "_finalize_planned", counting)
+
+
+def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Also the direct check of a step read by the plan (step 4: step 0 is measured at once,
+    step 2 teaches the plan)."""
+    planned: list[int] = []
+    _count_planned(monkeypatch, planned)
     torch.manual_seed(0)
     model, (x, y) = ModuleMLP(), batch((32, 6), 4)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -1260,22 +1266,13 @@ def _planned_and_general(
     """The same training watched twice: read by the plan where it applies, and always the
     general way (``_finalize_planned`` declining); the steps the plan read."""
     planned_steps: list[int] = []
-    original = _watch.Monitor._finalize_planned
-
-    def counting(self: _watch.Monitor, state: Any) -> bool:
-        read = original(self, state)
-        if read:
-            planned_steps.append(state.step)
-        return read
-
     runs = []
     for planned in (True, False):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(
-                _watch.Monitor,
-                "_finalize_planned",
-                counting if planned else (lambda self, state: False),
-            )
+            if planned:
+                _count_planned(mp, planned_steps)
+            else:
+                mp.setattr(_watch.Monitor, "_finalize_planned", lambda self, state: False)
             torch.manual_seed(0)
             mon, _ = _train_monitored(make(), steps, every, defer=True)
         runs.append(mon)
@@ -1336,17 +1333,12 @@ def test_steps_that_differ_from_the_plan_are_read_the_general_way() -> None:
 
     torch.manual_seed(0)
     model, (x, y) = MODELS["small CNN"]()
-    calls = []
+    cnn_planned: list[int] = []
     with pytest.MonkeyPatch.context() as mp:
-        original = _watch.Monitor._finalize_planned
-        mp.setattr(
-            _watch.Monitor,
-            "_finalize_planned",
-            lambda self, state: calls.append(original(self, state)) or calls[-1],
-        )
+        _count_planned(mp, cnn_planned)
         with monitor.watch(model, every=1) as mon:
             for _ in range(4):
                 model.zero_grad()
                 F.cross_entropy(model(x), y).backward()
-    assert mon._hook_plan is None and not any(calls)
+    assert mon._hook_plan is None and cnn_planned == []
     assert all(r.layer("conv2").dead is not None for r in mon.records)

@@ -419,7 +419,8 @@ class Monitor:
         self._forward_seen = False
         self._snapshot: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
         self._snapshot_plan: list[tuple[_Slot, torch.Tensor, torch.Tensor]] | None = None
-        # ‖ΔW‖² of the last update per layer: a device scalar, or a float from the update's sums
+        # ‖ΔW‖² of the last update per layer: a device scalar, or a float (the update's sums, or
+        # the native weight pass)
         self._pending_updates: dict[_Slot, torch.Tensor | float] = {}
         # the weight pass that measured the update, with ΣW, ΣW², for the next record
         self._pending_pass: _WeightPass | None = None
@@ -1363,17 +1364,15 @@ class Monitor:
         layers: list[KeptLayer] = []
         keys: list[tuple[str | None, object]] = []
         weights: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
         rows: list[int] = []
         for j, entry in enumerate(sorted(entries, key=lambda e: e.slot.depth or 0)):
             slot = entry.slot
             weight = slot.weight()
             if (
-                entry.calls != 1
-                or not entry.resolved
-                or slot.depth is None
+                slot.depth is None
                 or weight is None
                 or weight.grad is None
+                or not _stats.native_reads(weight.grad)
                 or slot not in pass_rows
                 or weight_pass.weights[pass_rows[slot]] is not weight
                 or entry.weight is None
@@ -1392,41 +1391,17 @@ class Monitor:
             sources.append(entry.grad_ref)
             if not all(t is None or _stats.native_reads(t) for t in sources):
                 return None
-            counts = any(
-                v is not None for v in (entry.sat, entry.sat_fixed, entry.dead, entry.dead_fixed)
-            )
-            region: tuple[float, float] | None = None
-            dead_below: float | None = None
-            pre = entry.pre_src
-            if counts:
-                if pre is None or entry.activation is None:
-                    return None
-                lo, hi = _saturation_region(entry.activation)
-                region = None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
-                dead_below = entry.activation.dead_below
-                if dead_below is not None and (
-                    entry.dead is None or pre.ndim != 2 or slot.unit_dim not in (-1, 1)
-                ):
-                    return None  # the kernel counts the units of (batch, units) tensors
-            layers.append(
-                KeptLayer(
-                    slot=slot,
-                    status=entry.status,
-                    activation=entry.activation,
-                    pre=None if pre is None else 3 * j,
-                    act=None if entry.act_src is None else 3 * j + 1,
-                    grad=None if entry.grad_ref is None else 3 * j + 2,
-                    counts=counts,
-                    region=region,
-                    dead_below=dead_below,
-                )
-            )
+            pre, act, grad = (None if t is None else 3 * j + k for k, t in enumerate(sources))
+            layer = _kept_layer(entry, pre, act, grad)
+            if layer is None or (
+                layer.dead_below is not None
+                and (entry.dead is None or entry.pre_src is None or entry.pre_src.ndim != 2)
+            ):
+                return None  # the kernel counts the units of (batch, units) tensors
+            layers.append(layer)
             keys.append((entry.status, activation_key(entry.activation)))
             weights.append(weight)
-            grads.append(weight.grad)
             rows.append(pass_rows[slot])
-        if not all(_stats.native_reads(g) for g in grads):
-            return None
         model = self._model
         assert model is not None
         plan = KeptPlan(key=weakref.ref(model), size=3 * len(layers), layers=tuple(layers))
@@ -1825,9 +1800,7 @@ class Monitor:
             return False
         updates = state.updates
         changes = [updates.get(item.slot) for item in plan.layers]
-        self._finish_read(
-            state, kept_layers(layer_fields(plan, weights), values, changes)
-        )
+        self._finish_read(state, kept_layers(layer_fields(plan, weights), values, changes))
         return True
 
     def _finalize_kept_slowly(
@@ -1885,38 +1858,10 @@ class Monitor:
             pre = None if entry.pre is None else index(entry.pre.ref)
             act = None if entry.act is None else index(entry.act.ref)
             grad = None if entry.grad_ref is None else index(entry.grad_ref)
-            counts = any(
-                v is not None for v in (entry.sat, entry.sat_fixed, entry.dead, entry.dead_fixed)
-            )
-            if (
-                entry.calls != 1
-                or not entry.resolved
-                or missing in (pre, act, grad)
-                or (counts and (pre is None or entry.activation is None))
-            ):
+            layer = None if missing in (pre, act, grad) else _kept_layer(entry, pre, act, grad)
+            if layer is None:
                 return None
-            region: tuple[float, float] | None = None
-            dead_below: float | None = None
-            if counts and entry.slot.unit_dim not in (None, -1, 1):
-                return None  # kept tensors are (batch, units): the unit is dimension 1
-            if counts:
-                assert entry.activation is not None
-                lo, hi = _saturation_region(entry.activation)
-                region = None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
-                dead_below = entry.activation.dead_below
-            layers.append(
-                KeptLayer(
-                    slot=entry.slot,
-                    status=entry.status,
-                    activation=entry.activation,
-                    pre=pre,
-                    act=act,
-                    grad=grad,
-                    counts=counts,
-                    region=region,
-                    dead_below=dead_below,
-                )
-            )
+            layers.append(layer)
         return KeptPlan(key=weakref.ref(key), size=len(ids), layers=tuple(layers))
 
     def _layer_stats(
@@ -2048,6 +1993,37 @@ def _saturation_region(activation: activations.Activation) -> tuple[float, float
     if region is None:
         region = _REGIONS[key] = activation.saturation_region(SATURATION_FRACTION)
     return region
+
+
+def _kept_layer(
+    entry: _Entry, pre: int | None, act: int | None, grad: int | None
+) -> KeptLayer | None:
+    """Where ``entry``'s statistics come from in a plan (``pre``, ``act``, ``grad``: indices into
+    a step's tensors, None where there is none), with its saturating region and dead threshold;
+    None where a plan cannot read it: a layer called twice or not settled, counts without a
+    pre-activation or an activation, units along a dimension other than 1 of (batch, units)."""
+    counts = any(v is not None for v in (entry.sat, entry.sat_fixed, entry.dead, entry.dead_fixed))
+    if entry.calls != 1 or not entry.resolved:
+        return None
+    region: tuple[float, float] | None = None
+    dead_below: float | None = None
+    if counts:
+        if pre is None or entry.activation is None or entry.slot.unit_dim not in (None, -1, 1):
+            return None
+        lo, hi = _saturation_region(entry.activation)
+        region = None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
+        dead_below = entry.activation.dead_below
+    return KeptLayer(
+        slot=entry.slot,
+        status=entry.status,
+        activation=entry.activation,
+        pre=pre,
+        act=act,
+        grad=grad,
+        counts=counts,
+        region=region,
+        dead_below=dead_below,
+    )
 
 
 def watch(
