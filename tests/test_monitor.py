@@ -41,6 +41,35 @@ def _surface_monitor_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_watch, "_RAISE_INTERNAL_ERRORS", True)
 
 
+@pytest.fixture(params=["native", "python"])
+def gradient_hooks(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Both ways of catching ∂L/∂z: C++ hooks (GradCapture, csrc/capture.cpp) and Python ones.
+    Returns the way, and asserts after the test that it was the way taken."""
+    taken: list[str] = []
+    python_hook = _watch.Monitor._take_gradient
+    collect = _watch.Monitor._collect_gradients
+
+    def by_python(self: _watch.Monitor, *args: Any) -> None:
+        taken.append("python")
+        python_hook(self, *args)
+
+    def by_native(self: _watch.Monitor, state: Any) -> None:
+        if state.captured:
+            taken.append("native")
+        collect(self, state)
+
+    monkeypatch.setattr(_watch.Monitor, "_take_gradient", by_python)
+    monkeypatch.setattr(_watch.Monitor, "_collect_gradients", by_native)
+    if request.param == "python":
+        monkeypatch.setattr(_watch, "_NATIVE_CAPTURE", False)
+    elif native.load() is None:
+        pytest.skip("the native kernels are not built here")
+    yield request.param
+    assert taken and set(taken) == {request.param}, taken
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tiny tensors: intra-op threads only add synchronisation (x10 on a busy machine)."""
@@ -313,7 +342,7 @@ MODELS: dict[str, Callable[[], tuple[Kept, tuple[torch.Tensor, torch.Tensor]]]] 
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_quantity_matches_direct_computation(name: str) -> None:
+def test_every_quantity_matches_direct_computation(name: str, gradient_hooks: str) -> None:
     torch.manual_seed(0)
     model, (x, y) = MODELS[name]()
     with monitor.watch(model, every=1) as mon:
@@ -407,7 +436,7 @@ def _count_planned(mp: pytest.MonkeyPatch, planned: list[int]) -> None:
 
 
 def test_optimizer_steps_are_the_steps_and_accumulated_gradients_are_read(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, gradient_hooks: str
 ) -> None:
     """Also the direct check of a step read by the plan (step 4: step 0 is measured at once,
     step 2 teaches the plan)."""
@@ -614,7 +643,7 @@ def test_no_host_synchronisation_on_unrecorded_steps(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # gc sees deprecated torch objects
-def test_hooks_are_removed_and_nothing_leaks_over_many_watches() -> None:
+def test_hooks_are_removed_and_nothing_leaks_over_many_watches(gradient_hooks: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(Dense(5, 8, activation="relu"), nn.Linear(8, 8), nn.Tanh(),
                           nn.Linear(8, 2))  # fmt: skip
@@ -870,7 +899,7 @@ def test_odd_modules_are_skipped_or_noted_without_breaking_training() -> None:
     assert mon.layers[0].name == "shared" and mon.records[0].layer("last").activation is None
 
 
-def test_inplace_activations() -> None:
+def test_inplace_activations(gradient_hooks: str) -> None:
     """ReLU(inplace=True) as a module and F.relu(inplace=True): pre measured before overwrite."""
 
     class Inplace(Kept):
@@ -904,6 +933,37 @@ def test_inplace_activations() -> None:
     assert fc2.activation == "relu"
     assert fc2.dead == pytest.approx(expected_dead(z2, "relu", -1))
     assert fc2.dead >= 4 / 10  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("raising", [True, False])
+def test_an_error_at_the_end_of_backward_reaches_the_caller_or_becomes_a_note(
+    monkeypatch: pytest.MonkeyPatch, gradient_hooks: str, raising: bool
+) -> None:
+    """The step is read by a callback the gradient hooks queue (from C++ with native hooks):
+    a monitor bug there raises its own exception out of ``backward()`` in tests, and for users
+    stops the monitor with a note while training goes on."""
+    monkeypatch.setattr(_watch, "_RAISE_INTERNAL_ERRORS", raising)
+
+    finalize = _watch.Monitor._finalize
+
+    def broken(self: _watch.Monitor, state: Any, given: Any = None) -> None:
+        self._collect_gradients(state)
+        monkeypatch.setattr(_watch.Monitor, "_finalize", finalize)  # once
+        raise ZeroDivisionError("a monitor bug")
+
+    model, (x, y) = ModuleMLP(), batch((8, 6), 4)
+    with monitor.watch(model, every=1) as mon:
+        loss = F.cross_entropy(model(x), y)
+        monkeypatch.setattr(_watch.Monitor, "_finalize", broken)
+        if raising:
+            with pytest.raises(ZeroDivisionError, match="a monitor bug"):
+                loss.backward()
+        else:
+            loss.backward()
+            assert model.fc1.weight.grad is not None  # the backward pass itself completed
+            assert any("a monitor bug" in note for note in mon.notes), mon.notes
+            F.cross_entropy(model(x), y).backward()  # training goes on, unmonitored
+    assert len(mon.records) == (1 if raising else 0)  # raised: read again when watching ends
 
 
 def test_no_layers_and_no_backward() -> None:

@@ -35,8 +35,8 @@ _module: ModuleType | None = None
 _reason: str | None = None
 _tried = False
 
-SOURCES = ("bindings.cpp", "chain.cpp", "loop.cpp", "stats.cpp", "update.cpp")
-HEADERS = ("gemm.h", "loop.h")  # included by the sources: hashed and copied with them
+SOURCES = ("bindings.cpp", "capture.cpp", "chain.cpp", "loop.cpp", "stats.cpp", "update.cpp")
+HEADERS = ("capture.h", "gemm.h", "loop.h")  # included by the sources: hashed and copied with them
 # -fno-trapping-math (as torch itself is built): lets the activation's select vectorise.
 # -fopenmp: at::parallel_for is a template compiled into the extension, and with torch's OpenMP
 # backend it is an `omp parallel` pragma: without the flag every "parallel" loop ran on one thread.

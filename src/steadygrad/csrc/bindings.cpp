@@ -1,6 +1,7 @@
 // The Python module of steadygrad's native kernels (steadygrad/native.py builds it).
 #include <torch/extension.h>
 
+#include "capture.h"
 #include "loop.h"
 
 #include <optional>
@@ -65,6 +66,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stats"), py::arg("change_only") = false,
         "Adam/AdamW update, with the parameters' and the update's sums when asked "
         "(csrc/update.cpp)");
+  py::class_<GradCapture>(m, "GradCapture",
+                          "One recorded step's back-propagated gradients, caught by C++ "
+                          "pre-hooks on the nodes that made them (csrc/capture.h)")
+      .def(py::init<const py::object&>(), py::arg("callback"))
+      .def("add", &GradCapture::add, py::arg("z"))
+      .def("grads", &GradCapture::grads)
+      .def("close", &GradCapture::close);
   py::class_<RecordPlan>(m, "RecordPlan",
                          "What a monitor records of a TrainLoop run's recorded steps "
                          "(csrc/loop.h)")

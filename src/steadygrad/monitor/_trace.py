@@ -102,8 +102,31 @@ class Trace:
     node: str | None = None
 
 
+NONE: Final = Trace("none")  # frozen: one object serves every "no activation"
+
+# Autograd node class → its base name, and whether it is an activation, structural or unknown:
+# decided once per class (a recorded step asks about the same few classes every time).
+_KINDS: dict[type, tuple[str, str]] = {}
+
+
 def _base(node: Any) -> str:
     return type(node).__name__.rstrip("0123456789")
+
+
+def _kind(node: Any) -> tuple[str, str]:
+    """(base name, "activation" | "structural" | "unknown") of ``node``'s class."""
+    cls = type(node)
+    kind = _KINDS.get(cls)
+    if kind is None:
+        base = _base(node)
+        if base in _ACTIVATION_NODES:
+            kind = (base, "activation")
+        elif base.startswith(_STRUCTURAL_PREFIXES):
+            kind = (base, "structural")
+        else:
+            kind = (base, "unknown")
+        _KINDS[cls] = kind
+    return kind
 
 
 def _build(node: Any, base: str) -> activations.Activation | None:
@@ -142,11 +165,12 @@ def between(target: Any, later: torch.Tensor) -> Trace:
     """
     start = later.grad_fn
     if start is not None and start is target:
-        return Trace("none")
+        return NONE
     if target is None or start is None:
         return Trace("unreachable")
-    if any(child is target for child, _ in start.next_functions):
-        return _read_path([start])  # one operation between z and `later` (the common case)
+    for child, _ in start.next_functions:
+        if child is target:
+            return _read_path([start])  # one operation between z and `later` (the common case)
     # Breadth-first from `later` towards the inputs; `parent` maps a node to the node it was
     # reached from (the one closer to `later`), so the path z → later can be read back.
     parent: dict[Any, Any] = {start: None}
@@ -174,12 +198,12 @@ def between(target: Any, later: torch.Tensor) -> Trace:
 def _read_path(path: list[Any]) -> Trace:
     """Read the operations from z to ``later``, in order: the first activation names it."""
     for node in path:
-        base = _base(node)
-        if base in _ACTIVATION_NODES:
+        base, kind = _kind(node)
+        if kind == "activation":
             built = _build(node, base)
             if built is None:
                 return Trace("unknown", node=type(node).__name__)
             return Trace("activation", activation=built)
-        if not base.startswith(_STRUCTURAL_PREFIXES):
+        if kind == "unknown":
             return Trace("unknown", node=type(node).__name__)
-    return Trace("none")
+    return NONE

@@ -74,6 +74,7 @@ _ARM_EVERY: Final = 4
 """Below this cadence the submodules' hooks stay registered between recorded steps."""
 
 _RAISE_INTERNAL_ERRORS = False  # tests set this to see the monitor's own bugs as exceptions
+_NATIVE_CAPTURE = True  # tests turn it off to check the Python gradient hooks
 
 _Hook = TypeVar("_Hook", bound=Callable[..., Any])
 
@@ -247,6 +248,9 @@ class _State:
         self.seen: list[tuple[torch.Tensor, int]] = []
         # z (by id) → its entry, on a step replayed from a fast step
         self.fast_grads: dict[int, _Entry] = {}
+        # ∂L/∂z caught by native hooks (Monitor._watch_gradient): the catch, and its slots' entries
+        self.capture: Any = None
+        self.captured: list[_Entry] = []
 
     def release(self) -> None:
         """Let go of every tensor (see :meth:`_Entry.release`)."""
@@ -260,6 +264,10 @@ class _State:
         self.deferred = []
         self.seen = []
         self.fast_grads = {}
+        if self.capture is not None:
+            self.capture.close()  # the hooks stay on the graph's nodes, as no-ops
+            self.capture = None
+        self.captured = []
         if isinstance(self.loss, torch.Tensor):
             self.loss = None
 
@@ -435,6 +443,9 @@ class Monitor:
         self._paused = 0
         # True while a step is replayed from what a fast step shows (see fast_observer)
         self._emulating = False
+        # ∂L/∂z caught by C++ hooks (GradCapture) while the native kernels load; see
+        # _watch_gradient
+        self._native_capture = _NATIVE_CAPTURE
         # Native fast steps are recorded from their kept tensors, without a replay, once one
         # replayed step showed where each statistic comes from (see _record_kept).
         self._kept_plan: KeptPlan | None = None
@@ -803,26 +814,28 @@ class Monitor:
         snapshot, self._snapshot = self._snapshot, None
         if not snapshot:
             return False
+        current = [slot.weight() for slot in self._slots.values()]  # one lookup per layer
+        now = dict(zip(self._slots.values(), current, strict=True))
         kept = [
             (slot, weight, before)
             for slot, weight, before in snapshot
             # replaced since the snapshot: no update to measure
-            if slot.weight() is weight and weight.shape == before.shape
+            if now[slot] is weight and weight.shape == before.shape
         ]
         after, before = [w for _, w, _ in kept], [b for _, _, b in kept]
-        with torch.no_grad():
-            rows = _stats.distances_and_moments(after, before, copy=copy)
-            if rows is None:
+        rows = _stats.distances_and_moments(after, before, copy=copy)  # native: no autograd
+        if rows is None:
+            with torch.no_grad():
                 norms = _stats.squared_distances(after, before)
-                for (slot, _, _), norm in zip(kept, norms, strict=True):
-                    self._pending_updates[slot] = norm
-                return False
+            for (slot, _, _), norm in zip(kept, norms, strict=True):
+                self._pending_updates[slot] = norm
+            return False
         values = rows.tolist()  # CPU tensors only: no device to wait for
         slots = tuple(slot for slot, _, _ in kept)
         for slot, row in zip(slots, values, strict=True):
             self._pending_updates[slot] = row[0]
         self._pending_pass = _WeightPass(slots, tuple(after), values)
-        weighted = sum(1 for slot in self._slots.values() if slot.weight() is not None)
+        weighted = sum(w is not None for w in current)
         if copy and len(kept) == len(snapshot) == weighted and snapshot is self._snapshot_plan:
             self._snapshot = snapshot  # the copies hold W now: the next update's "before"
             return True
@@ -1002,8 +1015,10 @@ class Monitor:
         """Catch ∂L/∂z in the backward pass (the hook goes away with the graph).
 
         The hook sits on the autograd node that produced z (a pre-hook receives the gradients of
-        its outputs), which costs a quarter of ``Tensor.register_hook`` and, like it, still sees
-        the gradient of z's own value when z is later overwritten in place.
+        its outputs), so that, like ``Tensor.register_hook``, it still sees the gradient of z's
+        own value when z is later overwritten in place. A C++ hook where the native kernels are
+        built (``GradCapture``, csrc/capture.cpp: ~1 µs a layer; its catch is collected by
+        :meth:`_collect_gradients`), else a Python one (~25 µs a layer inside a training step).
         """
         if self._emulating:  # the fast step hands ∂L/∂z over itself (see _FastObserver)
             state.fast_grads[id(z)] = entry
@@ -1014,10 +1029,38 @@ class Monitor:
             return
         node = z.grad_fn
         if node is not None:
-            node.register_prehook(functools.partial(self._node_hook, state, entry, z.output_nr))
+            capture = state.capture
+            if capture is None and self._native_capture:
+                kernels = native.load()
+                if kernels is None:
+                    self._native_capture = False
+                else:
+                    callback = (
+                        None
+                        if self._optimizer is not None  # the optimizer's step reads the record
+                        else functools.partial(self._after_backward, state)
+                    )
+                    capture = state.capture = kernels.GradCapture(callback)
+            if capture is not None and capture.add(z) >= 0:
+                state.captured.append(entry)  # the slot add() gave: one per call, in order
+            else:
+                node.register_prehook(functools.partial(self._node_hook, state, entry, z.output_nr))
         else:  # a leaf that requires grad
             z.register_hook(functools.partial(self._gradient_hook, state, entry))  # type: ignore[no-untyped-call]
         state.expects_backward = True
+
+    def _collect_gradients(self, state: _State) -> None:
+        """Hand the gradients the native hooks caught (see :meth:`_watch_gradient`) to their
+        entries, as :meth:`_take_gradient` does for the Python hooks'."""
+        capture = state.capture
+        if capture is None or not state.captured:
+            return
+        for entry, grad in zip(state.captured, capture.grads(), strict=True):
+            if grad is not None and entry.grad_ref is None:
+                entry.grad_ref = grad
+                if self._histograms or self._tensorboard is not None:
+                    with torch.no_grad():
+                        entry.grad_hist = _stats.histogram(grad, HISTOGRAM_BINS, state.batch)
 
     @_guarded
     def _node_hook(
@@ -1197,7 +1240,7 @@ class Monitor:
             # On a replayed fast step there is no graph; the step's program has no activation
             # functions, only modules (which claim their layer): nothing else can bend z.
             none = same or (self._emulating and entry.z_node is None)
-            trace = _trace.Trace("none") if none else _trace.between(entry.z_node, later)
+            trace = _trace.NONE if none else _trace.between(entry.z_node, later)
         else:
             trace = _trace.Trace("unreachable")
         entry.status = trace.status
@@ -1240,6 +1283,7 @@ class Monitor:
         parameter's and its gradient's moments are read from there instead of computed.
         Without it, a step that matches the plan learnt from an earlier one is read in one
         native call instead (:meth:`_finalize_planned`)."""
+        self._collect_gradients(state)
         if given is None and self._hook_plan is not None and self._finalize_planned(state):
             return
         plain = given is None and bool(state.deferred) and not state.seen
