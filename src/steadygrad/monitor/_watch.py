@@ -251,11 +251,16 @@ class _State:
         # ∂L/∂z caught by native hooks (Monitor._watch_gradient): the catch, and its slots' entries
         self.capture: Any = None
         self.captured: list[_Entry] = []
+        # whether Python gradient hooks hold this step (see release)
+        self.python_hooks = False
 
     def release(self) -> None:
-        """Let go of every tensor (see :meth:`_Entry.release`)."""
-        for entry in self.entries.values():
-            entry.release()
+        """Let go of every tensor. Where Python hooks on the graph's nodes hold the step, each
+        entry lets go of its own (see :meth:`_Entry.release`); otherwise nothing outside the
+        step holds an entry, and dropping them is enough."""
+        if self.python_hooks:
+            for entry in self.entries.values():
+                entry.release()
         self.entries = {}
         self.last = None
         self.batch = _stats.Batch()
@@ -540,7 +545,7 @@ class Monitor:
             return
         unsealed = self._unsealed
         if unsealed is not None and unsealed.record.step == self._step:
-            unsealed.record.loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            unsealed.record.loss = float(loss.item() if isinstance(loss, torch.Tensor) else loss)
             self._seal()
 
     @contextlib.contextmanager
@@ -1045,8 +1050,10 @@ class Monitor:
                 state.captured.append(entry)  # the slot add() gave: one per call, in order
             else:
                 node.register_prehook(functools.partial(self._node_hook, state, entry, z.output_nr))
+                state.python_hooks = True
         else:  # a leaf that requires grad
             z.register_hook(functools.partial(self._gradient_hook, state, entry))  # type: ignore[no-untyped-call]
+            state.python_hooks = True
         state.expects_backward = True
 
     def _collect_gradients(self, state: _State) -> None:
