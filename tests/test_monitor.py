@@ -966,6 +966,27 @@ def test_an_error_at_the_end_of_backward_reaches_the_caller_or_becomes_a_note(
     assert len(mon.records) == (1 if raising else 0)  # raised: read again when watching ends
 
 
+@pytest.mark.parametrize("planned", [True, False])
+def test_keep_holds_the_latest_records_and_the_log_has_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planned: bool
+) -> None:
+    if not planned:
+        monkeypatch.setattr(_watch.Monitor, "_finalize_planned", lambda self, state: False)
+    torch.manual_seed(0)
+    model, (x, y) = ModuleMLP(), batch((16, 6), 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with monitor.watch(model, every=2, out=tmp_path, keep=3) as mon:
+        for k in range(20):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            mon.log_loss(loss)
+            assert len(mon.records) == min(k // 2 + 1, 3)
+    assert [r.step for r in mon.records] == [14, 16, 18]
+    assert monitor.read(tmp_path / "monitor.jsonl").steps == list(range(0, 20, 2))
+
+
 def test_no_layers_and_no_backward() -> None:
     with monitor.watch(nn.Sequential(nn.ReLU(), nn.Tanh()), every=1) as mon:
         mon.log_loss(1.0)
@@ -994,6 +1015,13 @@ def test_no_layers_and_no_backward() -> None:
         ({"every": 2.5}, TypeError, "every must be a positive int .*got 2.5"),
         ({"every": True}, TypeError, "every must be a positive int .*got True"),
         ({"first_step": -1}, ValueError, "first_step must be an int >= 0; got -1"),
+        (
+            {"keep": 0},
+            ValueError,
+            r"keep must be a positive int \(the latest records kept in memory\) or None \(all\); "
+            "got 0",
+        ),
+        ({"keep": True}, ValueError, "keep must be a positive int .*got True"),
         ({"histograms": "yes"}, TypeError, "histograms must be True or False; got 'yes'"),
         ({"tensorboard": 1}, TypeError, "tensorboard must be True or False; got 1"),
         ({"out": 3}, TypeError, r"out must be a folder path \(str or Path\) or None; got int"),

@@ -369,6 +369,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
             tensorboard=args.tensorboard,
             histograms=args.histograms,
             first_step=first_step,
+            keep=1000,  # monitor.jsonl has every record; nothing here reads them back
         )
         watching = watcher
 

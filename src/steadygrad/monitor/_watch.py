@@ -374,7 +374,8 @@ class _FastObserver:
 class Monitor:
     """Per-layer statistics of a model while it trains; made by :func:`watch`.
 
-    Attributes: ``records`` (list of :class:`StepRecord`), ``layers`` (list of
+    Attributes: ``records`` (list of :class:`StepRecord`: all of them, or the latest ``keep``),
+    ``layers`` (list of
     :class:`LayerInfo`, by depth), ``notes`` (modules it could not interpret, and other remarks),
     ``path`` (the ``monitor.jsonl`` written, or None), ``step`` (index of the latest step, −1
     before the first).
@@ -390,6 +391,7 @@ class Monitor:
         histograms: bool = False,
         optimizer: torch.optim.Optimizer | None = None,
         first_step: int = 0,
+        keep: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -401,6 +403,11 @@ class Monitor:
             )
         if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
             raise ValueError(f"first_step must be an int >= 0; got {first_step!r}")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ValueError(
+                f"keep must be a positive int (the latest records kept in memory) or None "
+                f"(all); got {keep!r}"
+            )
         for flag, value in (("tensorboard", tensorboard), ("histograms", histograms)):
             if not isinstance(value, bool):
                 raise TypeError(f"{flag} must be True or False; got {value!r}")
@@ -416,6 +423,7 @@ class Monitor:
             raise ValueError("tensorboard=True needs out=, the folder to write tensorboard/ into")
 
         self.records: list[StepRecord] = []
+        self.keep = keep
         self.every = every
         self.first_step = first_step
         self._notes: dict[str, str] = {}
@@ -1589,7 +1597,7 @@ class Monitor:
             layers=layers,
             histograms=histograms if self._histograms else {},
         )
-        self.records.append(record)
+        self._append(record)
         loss_given = state.loss is not None
         state.release()
         if self._unsealed is not None:
@@ -1599,6 +1607,13 @@ class Monitor:
             self._seal()
 
     # ------------------------------------------------------------------ native steps, direct
+
+    def _append(self, record: StepRecord) -> None:
+        """Add ``record`` to :attr:`records`, dropping the oldest beyond ``keep``."""
+        records = self.records
+        records.append(record)
+        if self.keep is not None and len(records) > self.keep:
+            del records[0]  # one at a time: `records` stays exactly the latest `keep`
 
     def _watching_training(self) -> bool:
         """Open, working, not paused, and the model in train mode."""
@@ -1761,7 +1776,7 @@ class Monitor:
         self._state = None
         layers = kept_layers(run.fields, row, changes)
         record = StepRecord(step=step, loss=row[run.loss], layers=layers, histograms={})
-        self.records.append(record)
+        self._append(record)
         self._write(record, {})
 
     @_guarded
@@ -2086,6 +2101,7 @@ def watch(
     histograms: bool = False,
     optimizer: torch.optim.Optimizer | None = None,
     first_step: int = 0,
+    keep: int | None = None,
 ) -> Monitor:
     """Record per-layer forward and backward statistics of ``model`` every ``every`` steps.
 
@@ -2107,7 +2123,9 @@ def watch(
     ``out``: folder for ``monitor.jsonl`` (see :mod:`steadygrad.monitor`); ``tensorboard``:
     also write ``<out>/tensorboard`` (needs ``pip install 'steadygrad[tensorboard]'``);
     ``histograms``: add 50-bin histograms of each layer's activation and back-propagated
-    gradient to the records.
+    gradient to the records. ``keep``: how many of the latest records :attr:`Monitor.records`
+    holds in memory (None: all of them; each costs ~0.7 KB per layer, so a long run recording
+    often should set it); ``monitor.jsonl`` has every record either way.
 
     Raises:
         TypeError, ValueError: bad arguments. ImportError: tensorboard=True without TensorBoard.
@@ -2121,6 +2139,7 @@ def watch(
         histograms=histograms,
         optimizer=optimizer,
         first_step=first_step,
+        keep=keep,
     )
 
 
