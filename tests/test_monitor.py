@@ -987,6 +987,29 @@ def test_keep_holds_the_latest_records_and_the_log_has_all(
     assert monitor.read(tmp_path / "monitor.jsonl").steps == list(range(0, 20, 2))
 
 
+def test_compiled_autograd_is_noted_and_training_goes_on() -> None:
+    """Compiled autograd traces the backward pass, where neither gradient hook can run (a C++
+    one fails, a Python one's callback needs fullgraph): the monitor leaves ∂L/∂z out, with a
+    note, and records as usual once it is off again."""
+    from torch._dynamo import compiled_autograd
+
+    torch.manual_seed(0)
+    model, (x, y) = ModuleMLP(), batch((8, 6), 4)
+    with monitor.watch(model, every=1) as mon:
+        with compiled_autograd._enable(torch.compile(backend="eager")):
+            F.cross_entropy(model(x), y).backward()
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+    assert mon.notes == [
+        "compiled autograd is on: its backward pass cannot run the monitor's gradient hooks, "
+        "so back-propagated gradients are not recorded while it is"
+    ]
+    first, second = mon.records
+    assert first.layer("fc1").grad_out_norm is None
+    assert second.layer("fc1").grad_out_norm is not None
+    assert model.fc1.weight.grad is not None
+
+
 def test_no_layers_and_no_backward() -> None:
     with monitor.watch(nn.Sequential(nn.ReLU(), nn.Tanh()), every=1) as mon:
         mon.log_loss(1.0)

@@ -124,6 +124,14 @@ def _queue_after_backward(callback: Callable[[], None]) -> bool:
     return True
 
 
+def _compiled_autograd() -> bool:
+    """Whether torch's compiled autograd is on (it traces the backward pass, and a C++ hook
+    fails there, a Python one asks for a full graph). Without importing torch._dynamo, which
+    takes a second or two: where it is not imported, compiled autograd cannot be on."""
+    module = sys.modules.get("torch._dynamo.compiled_autograd")
+    return bool(getattr(module, "compiled_autograd_enabled", False))
+
+
 def _first_tensor(args: tuple[Any, ...]) -> torch.Tensor | None:
     for arg in args:
         if isinstance(arg, torch.Tensor):
@@ -1039,6 +1047,13 @@ class Monitor:
             state.callback_queued = True  # no autograd engine to call back: backward_done does
             return
         if not z.requires_grad:
+            return
+        if _compiled_autograd():
+            self._note(
+                "compiled-autograd",
+                "compiled autograd is on: its backward pass cannot run the monitor's gradient "
+                "hooks, so back-propagated gradients are not recorded while it is",
+            )
             return
         node = z.grad_fn
         if node is not None:
