@@ -383,10 +383,9 @@ class Monitor:
     """Per-layer statistics of a model while it trains; made by :func:`watch`.
 
     Attributes: ``records`` (list of :class:`StepRecord`: all of them, or the latest ``keep``),
-    ``layers`` (list of
-    :class:`LayerInfo`, by depth), ``notes`` (modules it could not interpret, and other remarks),
-    ``path`` (the ``monitor.jsonl`` written, or None), ``step`` (index of the latest step, −1
-    before the first).
+    ``layers`` (list of :class:`LayerInfo`, by depth), ``notes`` (modules it could not
+    interpret, and other remarks), ``path`` (the ``monitor.jsonl`` written, or None), ``step``
+    (index of the latest step, −1 before the first).
     """
 
     def __init__(
@@ -1621,14 +1620,14 @@ class Monitor:
         if loss_given:
             self._seal()
 
-    # ------------------------------------------------------------------ native steps, direct
-
     def _append(self, record: StepRecord) -> None:
         """Add ``record`` to :attr:`records`, dropping the oldest beyond ``keep``."""
         records = self.records
         records.append(record)
         if self.keep is not None and len(records) > self.keep:
             del records[0]  # one at a time: `records` stays exactly the latest `keep`
+
+    # ------------------------------------------------------------------ native steps, direct
 
     def _watching_training(self) -> bool:
         """Open, working, not paused, and the model in train mode."""
