@@ -249,6 +249,16 @@ def batch(shape: tuple[int, ...], classes: int, seed: int = 0) -> tuple[torch.Te
 # --------------------------------------------------------------------------- reference values
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, mon: monitor.Monitor) -> None:  # fmt: skip
+    """One step of a hand-written loop, its loss shown to ``mon``."""
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    mon.log_loss(loss)
+
+
 def mean_std_norm(t: torch.Tensor) -> tuple[float, float, float]:
     d = t.detach().double()
     return d.mean().item(), d.std(correction=0).item(), d.norm().item()
@@ -613,11 +623,7 @@ def test_no_host_synchronisation_on_unrecorded_steps(monkeypatch: pytest.MonkeyP
             inside[0] = False
 
     def step(mon: monitor.Monitor) -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        mon.log_loss(loss)
+        train_step(model, optimizer, x, y, mon)
 
     with monitor.watch(model, every=5) as mon:
         step(mon)  # step 0, recorded
@@ -684,11 +690,7 @@ def test_jsonl_round_trip_with_histograms(tmp_path: Path) -> None:
     x, y = batch((16, 6), 4)
     with monitor.watch(model, every=2, out=tmp_path, histograms=True) as mon:
         for _ in range(5):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            mon.log_loss(loss)
+            train_step(model, optimizer, x, y, mon)
     log = monitor.read(tmp_path)  # the folder or the file
     assert log.path == tmp_path / "monitor.jsonl"
     assert log.records == mon.records
@@ -977,11 +979,7 @@ def test_keep_holds_the_latest_records_and_the_log_has_all(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with monitor.watch(model, every=2, out=tmp_path, keep=3) as mon:
         for k in range(20):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            mon.log_loss(loss)
+            train_step(model, optimizer, x, y, mon)
             assert len(mon.records) == min(k // 2 + 1, 3)
     assert [r.step for r in mon.records] == [14, 16, 18]
     assert monitor.read(tmp_path / "monitor.jsonl").steps == list(range(0, 20, 2))
