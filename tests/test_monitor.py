@@ -937,6 +937,61 @@ def test_inplace_activations(gradient_hooks: str) -> None:
     assert fc2.dead >= 4 / 10  # type: ignore[operator]
 
 
+def test_gradients_through_custom_functions_and_nodes_with_several_outputs(
+    gradient_hooks: str,
+) -> None:
+    """∂L/∂z where z is the second output of its autograd node (``torch.split``) or the output
+    of a custom ``autograd.Function`` (a Python node), against ``torch.autograd.grad``."""
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            return g * 2
+
+    class SecondHalf(nn.Module):  # z: output 1 of SplitBackward0
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 6) * 0.3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.split(x @ self.weight.t(), 5, dim=0)[1]
+
+    class Doubled(nn.Module):  # z: made by a custom Function
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 8) * 0.3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return Double.apply(x @ self.weight.t())  # type: ignore[no-any-return]
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = SecondHalf(), Doubled(), nn.Linear(8, 3)
+            self.zs: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            za = self.a(x)
+            zb = self.b(torch.tanh(za))
+            self.zs = [za, zb]
+            return self.c(torch.relu(zb))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    net = Net()
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (5,))
+    with monitor.watch(net, every=1) as mon:
+        F.cross_entropy(net(x), y).backward()
+    (record,) = mon.records
+    assert mon.notes == []
+    loss = F.cross_entropy(net(x), y)
+    for name, grad in zip("ab", torch.autograd.grad(loss, net.zs), strict=True):
+        assert_close(record.layer(name).grad_out_norm, grad.double().norm().item(), what=name)
+
+
 @pytest.mark.parametrize("raising", [True, False])
 def test_an_error_at_the_end_of_backward_reaches_the_caller_or_becomes_a_note(
     monkeypatch: pytest.MonkeyPatch, gradient_hooks: str, raising: bool
