@@ -210,8 +210,9 @@ class _Entry:
         self.update: int | None = None
 
     def release(self) -> None:
-        """Drop every tensor reference (the autograd node hooks keep the entry alive, and the
-        tensors keep the nodes alive: a cycle through C++ that Python's collector cannot see)."""
+        """Drop every tensor reference (Python hooks on the autograd nodes keep the entry alive,
+        and the tensors keep the nodes alive: a cycle through C++ that Python's collector cannot
+        see; the C++ hooks hold no Python object once their catch is closed)."""
         self.z = None
         self.z_node = None
         self.grad_ref = None
