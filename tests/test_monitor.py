@@ -1063,6 +1063,29 @@ def test_compiled_autograd_is_noted_and_training_goes_on() -> None:
     assert model.fc1.weight.grad is not None
 
 
+def test_a_step_in_which_no_layer_reports_is_noted() -> None:
+    """Layers used without calling them (their weights through ``F.linear``), as a compiled
+    model's code does: the record has no layers, and a note says why, once."""
+
+    class Bypass(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, self.fc.weight, self.fc.bias)
+
+    model, (x, y) = Bypass(), batch((8, 6), 4)
+    with monitor.watch(model, every=1) as mon:
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+    assert [r.layers for r in mon.records] == [[], [], []]
+    assert mon.notes == [
+        "no layer reported on recorded step 0, and its record has no layers: the model's "
+        "forward did not call its layers as modules (through __call__), so their hooks never ran"
+    ]
+
+
 def test_no_layers_and_no_backward() -> None:
     with monitor.watch(nn.Sequential(nn.ReLU(), nn.Tanh()), every=1) as mon:
         mon.log_loss(1.0)

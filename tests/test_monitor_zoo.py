@@ -276,7 +276,10 @@ def test_torch_compile_model_is_watched_without_changing_it() -> None:
         out = compiled(x)
         out.mean().backward()
     assert torch.equal(out.detach(), reference.detach())
-    assert (mon.records and mon.records[0].layers) or mon.notes
+    # the compiled code calls no layer's hooks: a record without layers, and a note saying why
+    assert (mon.records and mon.records[0].layers) or any(
+        "compiled (torch.compile)" in note for note in mon.notes
+    ), mon.notes
 
 
 def _hooks(model: nn.Module) -> int:

@@ -1325,6 +1325,8 @@ class Monitor:
         # reductions may wait for it and run in one native call (see _stats.Batch).
         batch.lazy = True
         entries = [e for e in state.entries.values() if not e.slot.skipped]
+        if not entries and any(not slot.skipped for slot in self._slots.values()):
+            self._note_silent_layers(state)
         with torch.no_grad():
             for entry in entries:
                 if not entry.resolved:
@@ -1415,6 +1417,24 @@ class Monitor:
         elif plain and not precise:
             self._hook_plan = self._learn_hooks(state, entries)
         self._emit(state, loss, layers, histograms)
+
+    def _note_silent_layers(self, state: _State) -> None:
+        """A recorded step in which no layer's hooks ran: say why, once."""
+        model = self._model
+        if model is not None and type(model).__name__ == "OptimizedModule":  # torch.compile
+            why = (
+                "the model is compiled (torch.compile), and its compiled code does not call "
+                "the layers' hooks; watch a model that runs uncompiled for per-layer statistics"
+            )
+        else:
+            why = (
+                "the model's forward did not call its layers as modules (through __call__), "
+                "so their hooks never ran"
+            )
+        self._note(
+            "silent-layers",
+            f"no layer reported on recorded step {state.step}, and its record has no layers: {why}",
+        )
 
     def _learn_hooks(self, state: _State, entries: list[_Entry]) -> HookPlan | None:
         """The plan a step read by :meth:`_finalize` shows (see :meth:`_finalize_planned`), or
