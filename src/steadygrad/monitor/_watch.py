@@ -1081,16 +1081,13 @@ class Monitor:
 
     def _collect_gradients(self, state: _State) -> None:
         """Hand the gradients the native hooks caught (see :meth:`_watch_gradient`) to their
-        entries, as :meth:`_take_gradient` does for the Python hooks'."""
+        entries (:meth:`_keep_gradient`, as for the Python hooks')."""
         capture = state.capture
         if capture is None or not state.captured:
             return
         for entry, grad in zip(state.captured, capture.grads(), strict=True):
-            if grad is not None and entry.grad_ref is None:
-                entry.grad_ref = grad
-                if self._histograms or self._tensorboard is not None:
-                    with torch.no_grad():
-                        entry.grad_hist = _stats.histogram(grad, HISTOGRAM_BINS, state.batch)
+            if grad is not None:
+                self._keep_gradient(state, entry, grad)
 
     @_guarded
     def _node_hook(
@@ -1105,16 +1102,24 @@ class Monitor:
         self._take_gradient(state, entry, grad)
 
     def _take_gradient(self, state: _State, entry: _Entry, grad: torch.Tensor) -> None:
-        if state.finalized or entry.grad_ref is not None:
+        """A Python hook's ∂L/∂z: kept, and the step's read queued for the backward's end."""
+        if not self._keep_gradient(state, entry, grad):
             return
-        entry.grad_ref = grad  # its moments are taken with the weights', when backward ends
-        if self._histograms or self._tensorboard is not None:
-            with torch.no_grad():
-                entry.grad_hist = _stats.histogram(grad, HISTOGRAM_BINS, state.batch)
         if self._optimizer is None and not state.callback_queued:
             state.callback_queued = _queue_after_backward(
                 functools.partial(self._after_backward, state)
             )
+
+    def _keep_gradient(self, state: _State, entry: _Entry, grad: torch.Tensor) -> bool:
+        """Keep ∂L/∂z (the first one wins), with its histogram where one is wanted; False where
+        it is not kept (the step was read already, or a gradient came before)."""
+        if state.finalized or entry.grad_ref is not None:
+            return False
+        entry.grad_ref = grad  # its moments are taken with the weights', when backward ends
+        if self._histograms or self._tensorboard is not None:
+            with torch.no_grad():
+                entry.grad_hist = _stats.histogram(grad, HISTOGRAM_BINS, state.batch)
+        return True
 
     @_guarded
     def _after_backward(self, state: _State) -> None:
