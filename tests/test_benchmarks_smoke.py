@@ -380,14 +380,16 @@ def test_monitor_overhead_measures_both_loops_and_pairs_ratios_within_repeats() 
     assert "| steadygrad fit | unmonitored | 20.000 | 40.000 | 1 | | 1 | |" in text
     # the interval of a median of three resampled values lies within their range; no
     # quartiles of fewer than four rounds
-    assert "| 1.020 [1.000, 1.100] |  | 1.020 | ≤ 1.03 (met) |" in text
-    assert "| 1.200 [1.100, 1.500] |  | 1.500 | ≤ 1.25 (met) |" in text
+    assert "| 1.020 [1.000, 1.100] |  | 1.020 | ≤ 1.03 (met; the interval holds 1.03) |" in text
+    assert "| 1.200 [1.100, 1.500] |  | 1.500 | ≤ 1.25 (met; the interval holds 1.25) |" in text
     assert "| unmonitored, second copy (A/A control) |" in text and "1 in truth" in text
-    assert text.count("(met)") == 4
+    assert text.count("(met; the interval holds") == 4
     missed = {loop: dict(fake[loop], **{"every=1": [1.3, 2.6, 5.2]}) for loop in fake}
     text, ratios = monitor_overhead.table(missed, 100)
     assert ratios[("torch loop", 1)] == pytest.approx(1.3)
-    assert text.count("≤ 1.25 (MISSED)") == 2
+    assert text.count("≤ 1.25 (MISSED)") == 2  # [1.3, 1.3]: the goal is outside it
+    assert monitor_overhead.verdict(1.01, 1.0, 1.02, 1.03) == "met"
+    assert monitor_overhead.verdict(1.04, 1.02, 1.06, 1.03) == "MISSED; the interval holds 1.03"
 
 
 def test_median_interval_covers_the_median_and_is_reproducible() -> None:
