@@ -22,9 +22,9 @@ as one long monitored run is. The copies train in short segments (``--steps``, 5
 torch loop, ~0.1 s; ``--fit-steps``, 500 steps of ``fit``, one ``fit`` call each), interleaved:
 each of ``R`` rounds runs one segment of every ``fit`` copy and ``S`` (``--splits``, 4) of every
 torch-loop copy, each pass over the copies in an order rotated from the last. Shorter segments
-pair closer in time: A/A tests of the torch loop gave an interval of ±2 % with 240 pairs of
-50 steps against ±4 % with 60 pairs of 200 steps, in the same time. ``fit`` keeps 500-step
-segments because each call pays a fixed cost (below).
+pair closer in time: an A/A test of the torch loop (one of each, minutes apart) gave an interval
+of ±2 % with 240 pairs of 50 steps against ±4 % with 60 pairs of 200 steps, in the same time.
+``fit`` keeps 500-step segments because each call pays a fixed cost (below).
 
 The overhead of a cadence is the **median over rounds of the paired ratio** monitored /
 unmonitored within the round, with a 95 % bootstrap interval of that median (percentile
@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-append", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args(argv)
+    for flag in ("steps", "fit_steps", "repeats", "splits"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     times = measure(args.steps, args.repeats, args.fit_optimizer, args.fit_steps, args.splits)

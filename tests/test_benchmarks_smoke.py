@@ -393,6 +393,14 @@ def test_monitor_overhead_measures_both_loops_and_pairs_ratios_within_repeats() 
     assert monitor_overhead.verdict(1.04, 1.02, 1.06, 1.03) == "MISSED; the interval holds 1.03"
 
 
+def test_monitor_overhead_rejects_empty_segments(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import monitor_overhead
+
+    with pytest.raises(SystemExit):
+        monitor_overhead.main(["--splits", "0", "--no-append"])
+    assert "--splits must be at least 1" in capsys.readouterr().err
+
+
 def test_median_interval_covers_the_median_and_is_reproducible() -> None:
     import random
     import statistics
