@@ -401,7 +401,7 @@ def test_monitor_overhead_rejects_empty_segments(capsys: pytest.CaptureFixture[s
     assert "--splits must be at least 1" in capsys.readouterr().err
 
 
-def test_median_interval_covers_the_median_and_is_reproducible() -> None:
+def test_the_verdicts_interval_covers_the_median_and_is_reproducible() -> None:
     import random
     import statistics
 
@@ -409,11 +409,11 @@ def test_median_interval_covers_the_median_and_is_reproducible() -> None:
 
     rng = random.Random(1)
     values = [1.0 + rng.gauss(0, 0.05) for _ in range(60)]
-    low, high = monitor_overhead.median_interval(values)
+    low, high = monitor_overhead.sign_test_interval(values)
     assert low < statistics.median(values) < high
     # the median's standard error is ~1.25 σ / √n ≈ 0.008: the interval is ~±2 of them
     assert 0.01 < high - low < 0.06
-    assert monitor_overhead.median_interval(values) == (low, high)
+    assert monitor_overhead.sign_test_interval(values) == (low, high)
 
 
 def test_monitor_profile_runs_each_configuration_and_restores_the_statistics() -> None:
